@@ -1,0 +1,48 @@
+"""`dpt world ...`: train the Shapes world's text-to-image model, stage by stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    world = sub.add_parser("world", help="train and assemble the embedded Shapes model")
+    stages = world.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    vae = stages.add_parser("train-vae", help="train the KL VAE (64x64 -> 8x8x4)")
+    _common(vae, steps=5000, batch=32, lr=1e-3)
+    vae.add_argument("--crop-steps", type=int, default=None,
+                     help="steps on 32-pixel crops before full images (default 3/4 of --steps)")
+    vae.set_defaults(run=_train_vae)
+
+
+def _common(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None:
+    p.add_argument("--run-dir", type=Path, required=True, help="folder for checkpoints and logs")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--resume", choices=["latest", "no"], default="latest",
+                   help="continue from the run folder's latest checkpoint (default) or start over")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _setup(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def _train_vae(args: argparse.Namespace) -> int:
+    _setup(args)
+    from ..shapes_model.vae import train_vae
+
+    summary = train_vae(args.run_dir, steps=args.steps, batch=args.batch, lr=args.lr,
+                        crop_steps=args.crop_steps, seed=args.seed,
+                        resume=args.resume == "latest", checkpoint_every=args.checkpoint_every)
+    print(json.dumps(summary))
+    return 0
