@@ -17,6 +17,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="steps on 32-pixel crops before full images (default 3/4 of --steps)")
     vae.set_defaults(run=_train_vae)
 
+    clip = stages.add_parser("train-clip", help="train the CLIP text/image encoders contrastively")
+    _common(clip, steps=1000, batch=128, lr=1e-3)
+    clip.set_defaults(run=_train_clip)
+
+    unet = stages.add_parser("train-unet", help="train the U-Net on the frozen VAE and text encoder")
+    _common(unet, steps=8000, batch=64, lr=3e-4)
+    unet.add_argument("--vae", type=Path, required=True, help="trained VAE folder (train-vae's final/)")
+    unet.add_argument("--clip", type=Path, required=True, help="trained CLIP folder (train-clip's final/)")
+    unet.add_argument("--pool-size", type=int, default=60000, help="training scenes encoded once")
+    unet.set_defaults(run=_train_unet)
+
 
 def _common(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None:
     p.add_argument("--run-dir", type=Path, required=True, help="folder for checkpoints and logs")
@@ -44,5 +55,27 @@ def _train_vae(args: argparse.Namespace) -> int:
     summary = train_vae(args.run_dir, steps=args.steps, batch=args.batch, lr=args.lr,
                         crop_steps=args.crop_steps, seed=args.seed,
                         resume=args.resume == "latest", checkpoint_every=args.checkpoint_every)
+    print(json.dumps(summary))
+    return 0
+
+
+def _train_clip(args: argparse.Namespace) -> int:
+    _setup(args)
+    from ..shapes_model.clip import train_clip
+
+    summary = train_clip(args.run_dir, steps=args.steps, batch=args.batch, lr=args.lr,
+                         seed=args.seed, resume=args.resume == "latest",
+                         checkpoint_every=args.checkpoint_every)
+    print(json.dumps(summary))
+    return 0
+
+
+def _train_unet(args: argparse.Namespace) -> int:
+    _setup(args)
+    from ..shapes_model.unet import train_unet
+
+    summary = train_unet(args.run_dir, args.vae, args.clip, steps=args.steps, batch=args.batch,
+                         lr=args.lr, pool_size=args.pool_size, seed=args.seed,
+                         resume=args.resume == "latest", checkpoint_every=args.checkpoint_every)
     print(json.dumps(summary))
     return 0

@@ -20,12 +20,12 @@ from .tokenizer import MAX_LENGTH, build_tokenizer
 
 
 def build_clip(tokenizer: CLIPTokenizer) -> CLIPModel:
-    """A small CLIP: 4-layer, 128-wide text and image transformers (8-pixel patches)."""
+    """A small CLIP: 4-layer, 128-wide text and image transformers (16-pixel patches: 4x4 grid)."""
     text = dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512,
                 num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=MAX_LENGTH,
                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id)
-    vision = dict(image_size=64, patch_size=8, hidden_size=128, intermediate_size=512,
+    vision = dict(image_size=64, patch_size=16, hidden_size=128, intermediate_size=512,
                   num_hidden_layers=4, num_attention_heads=4, num_channels=3)
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=128))
 

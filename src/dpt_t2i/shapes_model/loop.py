@@ -29,7 +29,7 @@ def cosine_lr(step: int, total: int, base: float, warmup: int = 100, floor: floa
 def run_loop(run_dir: Path, total_steps: int, step_fn: Callable[[int], dict[str, float]],
              modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
              base_lr: float, resume: bool, checkpoint_every: int, desc: str,
-             warmup: int = 100) -> dict:
+             warmup: int = 100, after_step: Callable[[int], None] | None = None) -> dict:
     """Run `step_fn(step)` for steps [start, total_steps), checkpointing as it goes.
 
     Args:
@@ -39,6 +39,7 @@ def run_loop(run_dir: Path, total_steps: int, step_fn: Callable[[int], dict[str,
         modules / optimizer: what a checkpoint holds.
         base_lr: peak learning rate of the cosine schedule.
         resume: continue from the run's latest checkpoint if there is one.
+        after_step: called with the step after the optimizer update (e.g. an EMA update).
 
     Returns:
         A summary with the final step, wall seconds and the mean losses of the last 100 steps.
@@ -61,6 +62,8 @@ def run_loop(run_dir: Path, total_steps: int, step_fn: Callable[[int], dict[str,
         losses = step_fn(step)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if after_step is not None:
+            after_step(step)
         recent = (recent + [losses])[-100:]
         if step % 20 == 0:
             bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})

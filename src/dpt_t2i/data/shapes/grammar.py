@@ -199,6 +199,8 @@ def random_prompt(rng: np.random.Generator, family: str) -> Prompt:
             a = random_phrase(rng, n1, numeric=n1 > 1, sized=sized)
             b = random_phrase(rng, n2, numeric=n2 > 1, sized=sized)
             link = "and" if rng.random() < 0.5 else RELATIONS[rng.integers(len(RELATIONS))]
+            if link != "and" and (n1 > 2 or n2 > 1):
+                continue  # three objects all beside one anchor rarely fit the canvas
             if (a.colour, a.shape) != (b.colour, b.shape):
                 return Prompt(a, link, b)
     raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")

@@ -119,7 +119,7 @@ def place(
     kinds: list[tuple[str, str, str | None]],
     relation: str | None = None,
     n_subjects: int = 1,
-    tries: int = 200,
+    tries: int = 2000,
 ) -> list[ShapeObject]:
     """Place objects at random, non-overlapping positions.
 
@@ -129,7 +129,8 @@ def place(
         relation: if given, each of the first `n_subjects` objects must stand in this
             relation to the object that follows them (the anchor).
         n_subjects: how many leading objects the relation constrains.
-        tries: whole-scene attempts before giving up.
+        tries: whole-scene attempts before giving up (with a relation, then as many
+            anchor-first attempts, for crowded scenes rejection rarely hits).
 
     Returns:
         The objects, in the order of `kinds`.
@@ -153,7 +154,45 @@ def place(
                 break
         if len(placed) == len(kinds) and _relation_ok(placed, relation, n_subjects):
             return placed
+    # Crowded relational scenes (e.g. three large circles to the right of a large square) are
+    # rarely hit by whole-scene rejection; only then fall back, so other scenes stay as they were.
+    placed = _place_anchor_first(rng, kinds, relation, n_subjects, tries) if relation else None
+    if placed is not None:
+        return placed
     raise RuntimeError(f"could not place {kinds} with relation {relation!r} in {tries} tries")
+
+
+def _place_anchor_first(
+    rng: np.random.Generator,
+    kinds: list[tuple[str, str, str | None]],
+    relation: str,
+    n_subjects: int,
+    tries: int,
+) -> list[ShapeObject] | None:
+    """Fallback of `place`: the anchor first, then each subject drawn among positions that
+    stand in the relation to it, then the rest; None if `tries` attempts all fail."""
+    order = [n_subjects, *range(n_subjects), *range(n_subjects + 1, len(kinds))]
+    for _ in range(tries):
+        placed: dict[int, ShapeObject] = {}
+        for i in order:
+            shape, colour, size = kinds[i]
+            size = size or SIZES[rng.integers(len(SIZES))]
+            lo, hi = SIDES[size]
+            side = int(rng.integers(lo, hi + 1))
+            for _ in range(200):
+                obj = ShapeObject(shape, colour, size, side,
+                                  int(rng.integers(0, CANVAS - side + 1)),
+                                  int(rng.integers(0, CANVAS - side + 1)))
+                if i < n_subjects and not holds(obj, relation, placed[n_subjects]):
+                    continue
+                if all(apart(obj, other) for other in placed.values()):
+                    placed[i] = obj
+                    break
+            else:
+                break
+        if len(placed) == len(kinds):
+            return [placed[i] for i in range(len(kinds))]
+    return None
 
 
 def _relation_ok(objects: list[ShapeObject], relation: str | None, n_subjects: int) -> bool:

@@ -1,0 +1,61 @@
+"""Prompts from the command line: `--prompt TEXT` (repeatable) or `--prompts-file FILE`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UsageError
+
+
+def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt", action="append", metavar="TEXT",
+                        help="a prompt (repeat for several)")
+    parser.add_argument("--prompts-file", type=Path, metavar="FILE",
+                        help="a UTF-8 text file with one prompt a line (blank lines skipped)")
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    """The prompts given by `--prompt` or `--prompts-file`, stripped; raises UsageError if none."""
+    if args.prompt and args.prompts_file:
+        raise UsageError("give prompts with --prompt or with --prompts-file, not both")
+    if args.prompts_file is not None:
+        return _read_file(args.prompts_file)
+    if not args.prompt:
+        raise UsageError("no prompt; expected --prompt TEXT (repeatable) or --prompts-file FILE")
+    prompts = [p.strip() for p in args.prompt]
+    for i, prompt in enumerate(prompts):
+        if not prompt:
+            raise UsageError(f"--prompt number {i + 1} is empty; expected a text such as "
+                             "'a red circle'")
+    return prompts
+
+
+def _read_file(path: Path) -> list[str]:
+    expected = "expected a UTF-8 text file with one prompt a line"
+    if not path.exists():
+        raise UsageError(f"prompts file {path} does not exist; {expected}")
+    if not path.is_file():
+        raise UsageError(f"prompts file {path} is not a file; {expected}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read prompts file {path} ({err}); {expected}") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise UsageError(f"prompts file {path} has no prompts; {expected}")
+    return prompts
+
+
+def check_vocabulary(prompts: list[str], vocabulary: tuple[str, ...], model: Path) -> None:
+    """Raise UsageError naming the first word of a prompt that the model's world lacks.
+
+    Words are compared in lower case, as the CLIP tokenizer lower-cases text.
+    """
+    known = {w.lower() for w in vocabulary}
+    for prompt in prompts:
+        for word in prompt.split():
+            if word.lower() not in known:
+                raise UsageError(f"word {word!r} in prompt {prompt!r} is not in the vocabulary "
+                                 f"of the Shapes model {model}; known words: "
+                                 f"{' '.join(vocabulary)}")

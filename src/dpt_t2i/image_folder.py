@@ -1,0 +1,138 @@
+"""An output folder of PNG images and `index.jsonl`, never left half-written.
+
+Files are written into a staging folder beside the output folder (so on the same file
+system) and moved into place at the end, the index last: an interrupted run leaves either
+nothing or images without an index, never an index that names a missing file. PNGs are
+written by PIL without metadata, so the same pixels give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from .errors import UsageError
+
+INDEX = "index.jsonl"
+
+
+def check_output_folder(out: str | Path, names: Iterable[str], overwrite: bool = False) -> Path:
+    """Check, before any work, that `out` can receive the files `names` and the index.
+
+    Args:
+        out: the output folder; it may not exist yet (parents are created when publishing).
+        names: file names the run will write into it.
+        overwrite: allow replacing an earlier run (its index and the files it names) and
+            files of the same names.
+
+    Returns:
+        `out`, resolved.
+
+    Raises:
+        UsageError: `out` is a file, holds a run or clashing files without `overwrite`,
+            or no file can be created where the run must write.
+    """
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output path {out} is a file; expected a folder to write images into")
+    if out.is_dir() and not overwrite:
+        if (out / INDEX).exists():
+            raise UsageError(f"{out} already holds a run ({INDEX}); pass --overwrite to replace "
+                             "it, or choose another output folder")
+        clash = next((n for n in names if (out / n).exists()), None)
+        if clash is not None:
+            raise UsageError(f"{out} already has {clash}; pass --overwrite to replace it, or "
+                             "choose another output folder")
+    _check_writable(out.parent)
+    if out.is_dir():
+        _check_writable(out)
+    return out
+
+
+def _check_writable(folder: Path) -> None:
+    """Create (and delete) a file in `folder`'s nearest existing ancestor."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot create {folder}: {existing} is a file; expected a writable "
+                         "output folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UsageError(f"cannot write in {existing} ({err.strerror or err}); expected a "
+                         "writable output folder") from None
+
+
+@contextmanager
+def staging_folder(out: Path) -> Iterator[Path]:
+    """A fresh folder beside `out` to write the run into; removed on exit whatever happens."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    stage.mkdir()
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write one (H, W, 3) uint8 image."""
+    Image.fromarray(image).save(path, format="PNG")
+
+
+def write_index(folder: Path, records: list[dict]) -> None:
+    """Write `index.jsonl`: one JSON object a line, in the records' order."""
+    with (folder / INDEX).open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_index(folder: Path) -> list[dict]:
+    """The records of a folder's `index.jsonl`."""
+    text = (Path(folder) / INDEX).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def publish(stage: Path, out: Path, overwrite: bool = False) -> None:
+    """Move a finished staging folder's files into `out`, the index last.
+
+    A new `out` is one rename of the staging folder. With `overwrite`, an earlier run in
+    `out` is removed first (its index, then the images it names).
+    """
+    if not (stage / INDEX).is_file():
+        raise ValueError(f"{stage} has no {INDEX}: publish a finished run only")
+    if not out.exists():
+        os.replace(stage, out)
+        return
+    if overwrite:
+        _remove_run(out)
+    for path in sorted(stage.iterdir()):
+        if path.name != INDEX:
+            os.replace(path, out / path.name)
+    os.replace(stage / INDEX, out / INDEX)
+
+
+def _remove_run(out: Path) -> None:
+    """Delete `out`'s index, then the files it names that sit directly in `out`."""
+    index = out / INDEX
+    if not index.exists():
+        return
+    try:
+        names = [r.get("file") for r in read_index(out) if isinstance(r, dict)]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        names = []
+    index.unlink()
+    for name in names:
+        if isinstance(name, str) and name and Path(name).name == name and (out / name).is_file():
+            (out / name).unlink()

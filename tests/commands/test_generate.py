@@ -1,0 +1,174 @@
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dpt_t2i.cli import main
+from dpt_t2i.commands import generate
+
+FAST = ["--steps", "2", "--guidance", "3.0"]
+
+
+def _run(capsys, model, out, *args):
+    code = main(["generate", "--model", str(model), "--out", str(out), *FAST, *args])
+    return code, capsys.readouterr()
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_model, tmp_path_factory):
+    """Two prompts, two images each, seed 5, batches of 3 (so one batch mixes prompts)."""
+    out = tmp_path_factory.mktemp("gen") / "run"
+    code = main(["generate", "--model", str(tiny_model), "--out", str(out), *FAST,
+                 "--prompt", "a red circle", "--prompt", "two blue squares",
+                 "--num-images", "2", "--seed", "5", "--batch-size", "3"])
+    assert code == 0
+    return out
+
+
+def test_writes_images_and_index(first_run, tiny_model):
+    files = sorted(p.name for p in first_run.iterdir())
+    assert files == ["00000.png", "00001.png", "00002.png", "00003.png", "index.jsonl"]
+    records = [json.loads(line) for line in (first_run / "index.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in records] == files[:4]
+    assert [r["seed"] for r in records] == [5, 6, 7, 8]
+    assert [r["prompt"] for r in records] == ["a red circle"] * 2 + ["two blue squares"] * 2
+    for r in records:
+        assert (r["steps"], r["guidance"], r["scheduler"], r["method"]) == (2, 3.0, "ddim", "base")
+        assert r["model"] == str(tiny_model.resolve())
+    image = Image.open(first_run / "00000.png")
+    assert image.size == (16, 16) and image.mode == "RGB"
+    assert not any(p.name.startswith(".") for p in first_run.parent.iterdir())  # no staging left
+
+
+def test_same_seed_gives_identical_files_and_other_seeds_differ(first_run, tiny_model, tmp_path,
+                                                               capsys):
+    code, _ = _run(capsys, tiny_model, tmp_path / "again", "--prompt", "a red circle",
+                   "--prompt", "two blue squares", "--num-images", "2", "--seed", "5",
+                   "--batch-size", "3")
+    assert code == 0
+    for name in ("00000.png", "00001.png", "00002.png", "00003.png", "index.jsonl"):
+        assert (tmp_path / "again" / name).read_bytes() == (first_run / name).read_bytes()
+    code, _ = _run(capsys, tiny_model, tmp_path / "other", "--prompt", "a red circle",
+                   "--num-images", "2", "--seed", "6")
+    assert code == 0
+    first = np.asarray(Image.open(first_run / "00000.png"))  # seed 5
+    other = np.asarray(Image.open(tmp_path / "other" / "00000.png"))  # seed 6
+    assert np.abs(first.astype(int) - other).max() > 10
+
+
+def test_image_matches_plain_diffusers(first_run, tiny_model):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator("cpu").manual_seed(7))
+    image = pipe("two blue squares", num_inference_steps=2, guidance_scale=3.0, latents=noise,
+                 output_type="np").images[0]
+    expected = (image * 255).round().astype(np.uint8)
+    ours = np.asarray(Image.open(first_run / "00002.png"))  # image 2 has seed 5 + 2
+    assert np.abs(ours.astype(int) - expected).max() <= 2
+
+
+def test_prompts_file_skips_blank_lines(tiny_model, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\n   \na green triangle\n")
+    code, _ = _run(capsys, tiny_model, tmp_path / "out", "--prompts-file", str(prompts),
+                   "--num-images", "1", "--scheduler", "euler-a")
+    assert code == 0
+    records = [json.loads(x) for x in (tmp_path / "out" / "index.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in records] == ["a red circle", "a green triangle"]
+    assert [r["seed"] for r in records] == [0, 1]
+
+
+def test_existing_run_needs_overwrite(tiny_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run(capsys, tiny_model, out, "--prompt", "a red circle", "--num-images", "3")[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, captured = _run(capsys, tiny_model, out, "--prompt", "a red circle", "--num-images", "1")
+    assert code == 2 and "--overwrite" in captured.err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    code, _ = _run(capsys, tiny_model, out, "--prompt", "a blue square", "--num-images", "1",
+                   "--overwrite")
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "index.jsonl"]  # stale ones gone
+    assert json.loads((out / "index.jsonl").read_text())["prompt"] == "a blue square"
+
+
+def test_plain_model_takes_any_words(tiny_model_plain, tmp_path, capsys):
+    code, _ = _run(capsys, tiny_model_plain, tmp_path / "out", "--prompt", "a pink dog",
+                   "--num-images", "1", "--guidance", "1")
+    assert code == 0 and (tmp_path / "out" / "00000.png").is_file()
+
+
+def test_interruption_leaves_nothing(tiny_model, tmp_path, capsys, monkeypatch):
+    def interrupted(bundle, records, folder, *args):
+        (folder / records[0]["file"]).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate, "render", interrupted)
+    code, captured = _run(capsys, tiny_model, tmp_path / "out", "--prompt", "a red circle")
+    assert code == 130 and "interrupted" in captured.err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ bad input
+
+OK = ["--prompt", "a red circle"]
+BAD = {  # case: (arguments, with {tmp} for the test's folder; what the error must say)
+    "empty prompt": (["--prompt", "  "], "is empty"),
+    "no prompt": ([], "no prompt"),
+    "both prompt kinds": ([*OK, "--prompts-file", "{tmp}/empty.txt"], "not both"),
+    "empty prompts file": (["--prompts-file", "{tmp}/empty.txt"], "has no prompts"),
+    "missing prompts file": (["--prompts-file", "{tmp}/nope.txt"], "does not exist"),
+    "unknown word": (["--prompt", "a pink circle"], "'pink'.*known words: a an and"),
+    "missing model": ([*OK, "--model", "{tmp}/nowhere"], "does not exist"),
+    "not a diffusers folder": ([*OK, "--model", "{tmp}/not-a-model"], "no model_index.json"),
+    "model is a file": ([*OK, "--model", "{tmp}/a-file"], "is not a folder"),
+    "zero images": ([*OK, "--num-images", "0"], "--num-images must be a positive"),
+    "zero steps": ([*OK, "--steps", "0"], "--steps must be a positive"),
+    "negative steps": ([*OK, "--steps", "-3"], "--steps must be a positive"),
+    "zero batch": ([*OK, "--batch-size", "0"], "--batch-size must be a positive"),
+    "unknown scheduler": ([*OK, "--scheduler", "heun"], "'heun'; expected one of ddim, pndm"),
+    "unwritable out": ([*OK, "--out", "/proc/dpt-test/out"], "cannot write in /proc"),
+    "out under a file": ([*OK, "--out", "{tmp}/a-file/out"], "a-file is a file"),
+    "out is a file": ([*OK, "--out", "{tmp}/a-file"], "a-file is a file"),
+    "too long": (["--prompt", " ".join(["a red circle"] * 6)], "tokens long"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_and_writes_nothing(case, tiny_model, tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "not-a-model").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    before = sorted(tmp_path.rglob("*"))
+    args, pattern = BAD[case]
+    out = tmp_path / "out"
+    code = main(["generate", "--model", str(tiny_model), "--out", str(out), *FAST,
+                 *(a.format(tmp=tmp_path) for a in args)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("dpt generate: error: ")
+    assert re.search(pattern, err), err
+    assert not out.exists()
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_console_script_bad_model_path(tmp_path):
+    dpt = shutil.which("dpt")
+    command = [dpt] if dpt else [sys.executable, "-m", "dpt_t2i.cli"]
+    result = subprocess.run(
+        [*command, "generate", "--prompt", "a red circle", "--out", str(tmp_path / "out"),
+         "--model", str(tmp_path / "nowhere")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dpt generate: error: model folder")
+    assert not (tmp_path / "out").exists()
