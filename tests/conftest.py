@@ -64,3 +64,79 @@ def tiny_model(tiny_model_plain: Path) -> Path:
     (folder / "shapes_world.json").write_text(
         json.dumps({"world": "shapes", "vocabulary": list(vocabulary())}))
     return folder
+
+
+@pytest.fixture(scope="session")
+def shapes_parts(tmp_path_factory) -> dict[str, Path]:
+    """Untrained Shapes parts saved as the trainers save them: {"vae", "clip", "unet"} folders.
+
+    Each is a run folder's `final/` (VAE from build_vae, full CLIPModel from build_clip plus
+    its tokenizer, U-Net from build_unet), with a `summary.json` beside it as a run leaves.
+    """
+    from dpt_t2i.shapes_model.clip import build_clip
+    from dpt_t2i.shapes_model.tokenizer import build_tokenizer
+    from dpt_t2i.shapes_model.unet import build_unet
+    from dpt_t2i.shapes_model.vae import build_vae
+
+    root = tmp_path_factory.mktemp("shapes-parts")
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    parts = {"vae": build_vae(), "clip": build_clip(tokenizer), "unet": build_unet()}
+    folders = {}
+    for name, model in parts.items():
+        folders[name] = root / name / "final"
+        model.save_pretrained(folders[name])
+        (root / name / "summary.json").write_text(json.dumps({"step": 0, "part": name}))
+    tokenizer.save_pretrained(folders["clip"])
+    return folders
+
+
+# (split, family) -> how many of the group's 4 images the "mixed" folder replaces by a wrong one
+WRONG_IMAGES = {"id": {"object": 2, "pair": 1, "spatial": 3, "counting": 2, "mixed": 2},
+                "ood": {"object": 2, "pair": 3, "spatial": 1, "counting": 2, "mixed": 2}}
+
+
+@pytest.fixture(scope="session")
+def judged_folders(tmp_path_factory) -> dict[str, Path]:
+    """Two folders as `dpt generate` writes them (PNGs + index.jsonl), of clean Shapes renders.
+
+    Both index the first 4 ID and 4 OOD benchmark prompts of each family (40 images, ID
+    first; seed = position). In "clean" each image renders a scene made for its prompt. In
+    "mixed" the first k images of each (split, family) group, k from WRONG_IMAGES, render
+    instead a different prompt of the same family whose scene does not satisfy the indexed one.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from dpt_t2i.data.shapes.grammar import random_prompt, satisfied, scene_for
+    from dpt_t2i.data.shapes.splits import benchmark_prompts
+    from dpt_t2i.data.shapes.world import render
+
+    root = tmp_path_factory.mktemp("judged")
+    prompts = [p for split in ("id", "ood") for p in benchmark_prompts(split, 4)]
+    splits = ["id"] * (len(prompts) // 2) + ["ood"] * (len(prompts) // 2)
+    seen: dict[tuple[str, str], int] = {}
+    for name in ("clean", "mixed"):
+        (root / name).mkdir()
+    records = []
+    for i, (prompt, split) in enumerate(zip(prompts, splits)):
+        rng = np.random.default_rng([5, i])
+        file = f"{i:05d}.png"
+        Image.fromarray(render(scene_for(prompt, rng))).save(root / "clean" / file)
+        group = (split, prompt.family)
+        seen[group] = seen.get(group, 0) + 1
+        shown = prompt
+        if seen[group] <= WRONG_IMAGES[split][prompt.family]:
+            while True:  # a different prompt of the family, false of the indexed prompt
+                shown = random_prompt(rng, prompt.family)
+                objects = scene_for(shown, rng)
+                if shown.text != prompt.text and not satisfied(prompt, objects):
+                    break
+        else:
+            objects = scene_for(prompt, rng)
+        Image.fromarray(render(objects)).save(root / "mixed" / file)
+        records.append({"file": file, "prompt": prompt.text, "seed": i, "steps": 2,
+                        "method": "base", "shown": shown.text})
+    for name in ("clean", "mixed"):
+        (root / name / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return {"clean": root / "clean", "mixed": root / "mixed"}

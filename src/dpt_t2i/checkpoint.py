@@ -42,7 +42,11 @@ def save_checkpoint(run_dir: Path, step: int, modules: dict[str, torch.nn.Module
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _write_atomic(run_dir / "latest", final.name)
-    for old in sorted(run_dir.glob("step-*"))[:-keep]:
+    # Later steps than this one were left by a run that was started over: stale, not newer.
+    others = sorted(p for p in run_dir.glob("step-*") if p != final)
+    stale = [p for p in others if p.name > final.name]
+    older = [p for p in others if p.name < final.name]
+    for old in stale + older[:max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -11,9 +11,11 @@ from .errors import UsageError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from .commands import generate, world
+    from .commands import evaluate, generate, prompts, world
 
     generate.register(sub)
+    evaluate.register(sub)
+    prompts.register(sub)
     world.register(sub)
     return parser
 

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import UsageError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     world = sub.add_parser("world", help="train and assemble the embedded Shapes model")
@@ -15,6 +17,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(vae, steps=5000, batch=32, lr=1e-3)
     vae.add_argument("--crop-steps", type=int, default=None,
                      help="steps on 32-pixel crops before full images (default 3/4 of --steps)")
+    vae.add_argument("--fg-weight", type=float, default=10.0,
+                     help="loss weight of object pixels against background pixels")
+    vae.add_argument("--halo", type=int, default=0,
+                     help="also weigh background pixels within this many pixels of an object")
+    vae.add_argument("--init", type=Path, default=None,
+                     help="start from this saved VAE folder (e.g. an earlier run's final/)")
+    vae.add_argument("--decoder-only", action="store_true",
+                     help="freeze the encoder: fine-tune the decoder, latents stay unchanged")
     vae.set_defaults(run=_train_vae)
 
     clip = stages.add_parser("train-clip", help="train the CLIP text/image encoders contrastively")
@@ -27,6 +37,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     unet.add_argument("--clip", type=Path, required=True, help="trained CLIP folder (train-clip's final/)")
     unet.add_argument("--pool-size", type=int, default=60000, help="training scenes encoded once")
     unet.set_defaults(run=_train_unet)
+
+    asm = stages.add_parser("assemble", help="write the trained parts as one fp16 diffusers folder")
+    asm.add_argument("--vae", type=Path, required=True, help="train-vae's final/ folder")
+    asm.add_argument("--clip", type=Path, required=True, help="train-clip's final/ folder")
+    asm.add_argument("--unet", type=Path, required=True, help="train-unet's final/ folder")
+    asm.add_argument("--out", type=Path, required=True, help="the pipeline folder to write")
+    asm.add_argument("--clip-out", type=Path, default=None,
+                     help="also write the full CLIP (text and image encoders) here")
+    asm.set_defaults(run=_assemble)
 
 
 def _common(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None:
@@ -53,7 +72,8 @@ def _train_vae(args: argparse.Namespace) -> int:
     from ..shapes_model.vae import train_vae
 
     summary = train_vae(args.run_dir, steps=args.steps, batch=args.batch, lr=args.lr,
-                        crop_steps=args.crop_steps, seed=args.seed,
+                        crop_steps=args.crop_steps, fg_weight=args.fg_weight, halo=args.halo,
+                        init=args.init, decoder_only=args.decoder_only, seed=args.seed,
                         resume=args.resume == "latest", checkpoint_every=args.checkpoint_every)
     print(json.dumps(summary))
     return 0
@@ -78,4 +98,19 @@ def _train_unet(args: argparse.Namespace) -> int:
                          lr=args.lr, pool_size=args.pool_size, seed=args.seed,
                          resume=args.resume == "latest", checkpoint_every=args.checkpoint_every)
     print(json.dumps(summary))
+    return 0
+
+
+def _assemble(args: argparse.Namespace) -> int:
+    from ..shapes_model.assemble import assemble
+
+    for flag, path in (("--vae", args.vae), ("--clip", args.clip), ("--unet", args.unet)):
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{flag} {path} has no config.json; expected a trained final/ folder")
+    out = assemble(args.vae, args.clip, args.unet, args.out, args.clip_out)
+    runs = {name: json.loads((p.parent / "summary.json").read_text())
+            for name, p in (("vae", args.vae), ("clip", args.clip), ("unet", args.unet))
+            if (p.parent / "summary.json").is_file()}
+    (out / "training.json").write_text(json.dumps(runs, indent=1))
+    print(f"wrote {out}")
     return 0

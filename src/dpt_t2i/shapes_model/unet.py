@@ -59,7 +59,8 @@ def encode_pool(vae: AutoencoderKL, seed: int, size: int, path: Path) -> dict:
         means.append(posterior.mean.half())
         stds.append(posterior.std.half())
         texts += [s.prompt.text for s in samples]
-    pool = {"mean": torch.cat(means), "std": torch.cat(stds)}
+    # the encoder may return channels-last tensors; safetensors stores contiguous ones only
+    pool = {"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous()}
     save_file(pool, path)
     path.with_suffix(".json").write_text(json.dumps({"seed": seed, "size": size, "texts": texts}))
     return {**pool, "texts": texts}
@@ -122,6 +123,8 @@ def train_unet(run_dir: Path, vae_dir: Path, clip_dir: Path, steps: int = 8000,
 
     summary = run_loop(run_dir, steps, step_fn, {"unet": unet, "ema": ema}, opt, lr, resume,
                        checkpoint_every, "unet", after_step=update_ema)
+    # SD's recipe scales latents to unit variance; record what the U-Net actually saw.
+    summary["scaled_latent_std"] = float((pool["mean"].float() * scale).std())
     ema.save_pretrained(run_dir / "final")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

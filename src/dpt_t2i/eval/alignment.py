@@ -1,0 +1,66 @@
+"""Text-image alignment of generated Shapes images, judged by the scene parser.
+
+Reads any folder with an `index.jsonl` as `dpt generate` writes it; each image is judged
+against its prompt, and accuracy is reported per split (ID / OOD, from the prompt itself)
+and per family, with an overall mean over families.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..data.shapes.grammar import FAMILIES, PromptError, parse_prompt
+from ..data.shapes.judge import judge
+from ..data.shapes.splits import is_ood
+from ..errors import UsageError
+from ..image_folder import read_index
+
+
+def judge_folder(folder: Path) -> list[dict]:
+    """One verdict per indexed image: its record plus family, split and satisfied."""
+    folder = Path(folder)
+    records = read_index(folder)
+    verdicts = []
+    for record in tqdm(records, desc="judge", unit="image", dynamic_ncols=True, mininterval=1.0):
+        try:
+            prompt = parse_prompt(record["prompt"])
+        except PromptError as err:
+            raise UsageError(f"{folder / 'index.jsonl'}: prompt {record['prompt']!r} of "
+                             f"{record['file']} is not a Shapes prompt: {err}") from None
+        path = folder / record["file"]
+        if not path.is_file():
+            raise UsageError(f"{folder / 'index.jsonl'} names {record['file']}, which is missing")
+        image = np.asarray(Image.open(path).convert("RGB"))
+        verdict = judge(prompt, image)
+        verdicts.append({**record, "family": prompt.family, "split": "ood" if is_ood(prompt) else "id",
+                         "satisfied": bool(verdict.satisfied)})
+    return verdicts
+
+
+def summarize(verdicts: list[dict]) -> dict[str, dict[str, float]]:
+    """{split: {family: accuracy, ..., "overall": mean over the families present, "n": images}}."""
+    groups: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    for v in verdicts:
+        groups[v["split"]][v["family"]].append(v["satisfied"])
+    table = {}
+    for split in sorted(groups):
+        row = {f: float(np.mean(groups[split][f])) for f in FAMILIES if groups[split][f]}
+        row["overall"] = float(np.mean(list(row.values())))
+        row["n"] = sum(len(x) for x in groups[split].values())
+        table[split] = row
+    return table
+
+
+def format_table(table: dict[str, dict[str, float]]) -> str:
+    """A Markdown table: one row per split, one column per family."""
+    head = ["split", *FAMILIES, "overall", "images"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for split, row in table.items():
+        cells = [split] + [f"{row[f]:.3f}" if f in row else "-" for f in (*FAMILIES, "overall")]
+        lines.append("| " + " | ".join(cells + [str(row["n"])]) + " |")
+    return "\n".join(lines)
