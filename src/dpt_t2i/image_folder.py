@@ -98,10 +98,24 @@ def write_index(folder: Path, records: list[dict]) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-def read_index(folder: Path) -> list[dict]:
-    """The records of a folder's `index.jsonl`."""
-    text = (Path(folder) / INDEX).read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+def read_index(folder: Path, required: tuple[str, ...] = ("file", "prompt")) -> list[dict]:
+    """The records of a folder's `index.jsonl`; UsageError naming the line if one is malformed."""
+    path = Path(folder) / INDEX
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{path} line {n} is not JSON ({err.msg}); expected one JSON "
+                             "object per line as `dpt generate` writes") from None
+        missing = [k for k in required if not isinstance(record, dict) or k not in record]
+        if missing:
+            raise UsageError(f"{path} line {n} lacks {', '.join(missing)}; expected "
+                             f"{', '.join(required)} in every record")
+        records.append(record)
+    return records
 
 
 def publish(stage: Path, out: Path, overwrite: bool = False) -> None:

@@ -100,3 +100,29 @@ def test_folders_without_index_are_refused_before_judging(judged_folders, tmp_pa
     assert code == 2 and out == ""
     assert err == f"dpt evaluate: error: {tmp_path} has no index.jsonl; expected a folder " \
                   "written by `dpt generate`\n"
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("{not json", "line 2 is not JSON"),
+    ('{"file": "00000.png"}', "line 2 lacks prompt"),
+    ('["a red circle"]', "line 2 lacks file, prompt"),
+])
+def test_malformed_index_line_is_a_one_line_error(tmp_path, capsys, line, expected):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "index.jsonl").write_text(
+        json.dumps({"file": "00000.png", "prompt": "a red circle"}) + "\n" + line + "\n")
+    code, out, err = _evaluate(capsys, folder)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert expected in err and "index.jsonl" in err
+
+
+def test_a_bad_second_folder_is_reported_before_judging_the_first(judged_folders, tmp_path,
+                                                                 capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "index.jsonl").write_text(json.dumps({"file": "gone.png", "prompt": "a red circle"}))
+    code, _, err = _evaluate(capsys, judged_folders["clean"], bad)
+    assert code == 2
+    assert "gone.png" in err and "judge" not in err  # no progress bar: nothing was judged

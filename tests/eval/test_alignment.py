@@ -6,11 +6,11 @@ import pytest
 
 from dpt_t2i.data.shapes.grammar import FAMILIES
 from dpt_t2i.errors import UsageError
-from dpt_t2i.eval.alignment import format_table, judge_folder, summarize
+from dpt_t2i.eval.alignment import format_table, judge_folders, summarize
 
 
 def test_clean_renders_are_all_judged_aligned(judged_folders):
-    verdicts = judge_folder(judged_folders["clean"])
+    verdicts = judge_folders([judged_folders["clean"]])
     assert len(verdicts) == 40 and all(v["satisfied"] for v in verdicts)
     assert [v["split"] for v in verdicts] == ["id"] * 20 + ["ood"] * 20
     assert [v["family"] for v in verdicts[:20]] == [f for f in FAMILIES for _ in range(4)]
@@ -21,7 +21,7 @@ def test_clean_renders_are_all_judged_aligned(judged_folders):
 
 
 def test_wrong_renders_are_judged_unaligned(judged_folders):
-    verdicts = judge_folder(judged_folders["mixed"])
+    verdicts = judge_folders([judged_folders["mixed"]])
     assert [v["satisfied"] for v in verdicts] == [v["shown"] == v["prompt"] for v in verdicts]
     assert sum(not v["satisfied"] for v in verdicts) == 20
     # conftest.WRONG_IMAGES replaced k of each group's 4 images: accuracy 1 - k/4
@@ -65,7 +65,7 @@ def test_missing_image_and_foreign_prompt_raise_usage_errors(judged_folders, tmp
     ok = {"file": "00000.png", "prompt": "a red circle", "seed": 0}
     folder = _folder_with(tmp_path, judged_folders["clean"], [ok, {**ok, "file": "00007.png"}])
     with pytest.raises(UsageError, match=r"names 00007\.png, which is missing"):
-        judge_folder(folder)
+        judge_folders([folder])
     (folder / "index.jsonl").write_text(json.dumps({**ok, "prompt": "a pink dog"}) + "\n")
     with pytest.raises(UsageError, match=r"'a pink dog' of 00000\.png is not a Shapes prompt"):
-        judge_folder(folder)
+        judge_folders([folder])

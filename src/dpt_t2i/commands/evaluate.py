@@ -25,9 +25,9 @@ def run(args: argparse.Namespace) -> int:
         if not (folder / "index.jsonl").is_file():
             raise UsageError(f"{folder} has no index.jsonl; expected a folder written by "
                              "`dpt generate`")
-    from ..eval.alignment import format_table, judge_folder, summarize
+    from ..eval.alignment import format_table, judge_folders, summarize
 
-    verdicts = [v for folder in args.folders for v in judge_folder(folder)]
+    verdicts = judge_folders(args.folders)
     table = summarize(verdicts)
     if args.verdicts is not None:
         args.verdicts.write_text("".join(json.dumps(v) + "\n" for v in verdicts))

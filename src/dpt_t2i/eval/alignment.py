@@ -14,32 +14,41 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.shapes.grammar import FAMILIES, PromptError, parse_prompt
+from ..data.shapes.grammar import FAMILIES, Prompt, PromptError, parse_prompt
 from ..data.shapes.judge import judge
 from ..data.shapes.splits import is_ood
 from ..errors import UsageError
 from ..image_folder import read_index
 
 
-def judge_folder(folder: Path) -> list[dict]:
-    """One verdict per indexed image: its record plus family, split and satisfied."""
-    folder = Path(folder)
-    records = read_index(folder)
+def judge_folders(folders: list[Path]) -> list[dict]:
+    """One verdict per indexed image of every folder: its record plus family, split, satisfied.
+
+    Every index is checked (prompts parse, files exist) before any image is judged, so a
+    bad folder is reported at once.
+    """
+    jobs = [(Path(folder), record, _checked_prompt(Path(folder), record))
+            for folder in folders for record in read_index(folder)]
     verdicts = []
-    for record in tqdm(records, desc="judge", unit="image", dynamic_ncols=True, mininterval=1.0):
-        try:
-            prompt = parse_prompt(record["prompt"])
-        except PromptError as err:
-            raise UsageError(f"{folder / 'index.jsonl'}: prompt {record['prompt']!r} of "
-                             f"{record['file']} is not a Shapes prompt: {err}") from None
-        path = folder / record["file"]
-        if not path.is_file():
-            raise UsageError(f"{folder / 'index.jsonl'} names {record['file']}, which is missing")
-        image = np.asarray(Image.open(path).convert("RGB"))
-        verdict = judge(prompt, image)
-        verdicts.append({**record, "family": prompt.family, "split": "ood" if is_ood(prompt) else "id",
-                         "satisfied": bool(verdict.satisfied)})
+    for folder, record, prompt in tqdm(jobs, desc="judge", unit="image", dynamic_ncols=True,
+                                       mininterval=1.0):
+        image = np.asarray(Image.open(folder / record["file"]).convert("RGB"))
+        verdicts.append({**record, "family": prompt.family,
+                         "split": "ood" if is_ood(prompt) else "id",
+                         "satisfied": bool(judge(prompt, image).satisfied)})
     return verdicts
+
+
+def _checked_prompt(folder: Path, record: dict) -> Prompt:
+    index = folder / "index.jsonl"
+    try:
+        prompt = parse_prompt(record["prompt"])
+    except PromptError as err:
+        raise UsageError(f"{index}: prompt {record['prompt']!r} of {record['file']} is not a "
+                         f"Shapes prompt: {err}") from None
+    if not (folder / record["file"]).is_file():
+        raise UsageError(f"{index} names {record['file']}, which is missing")
+    return prompt
 
 
 def summarize(verdicts: list[dict]) -> dict[str, dict[str, float]]:

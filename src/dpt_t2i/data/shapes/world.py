@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 
@@ -139,19 +140,11 @@ def place(
         raise ValueError(f"a scene holds 1 to {MAX_OBJECTS} objects, got {len(kinds)}")
     for _ in range(tries):
         placed: list[ShapeObject] = []
-        for shape, colour, size in kinds:
-            size = size or SIZES[rng.integers(len(SIZES))]
-            lo, hi = SIDES[size]
-            side = int(rng.integers(lo, hi + 1))
-            for _ in range(50):
-                obj = ShapeObject(shape, colour, size, side,
-                                  int(rng.integers(0, CANVAS - side + 1)),
-                                  int(rng.integers(0, CANVAS - side + 1)))
-                if all(apart(obj, other) for other in placed):
-                    placed.append(obj)
-                    break
-            else:
+        for kind in kinds:
+            obj = _draw_object(rng, kind, placed, attempts=50)
+            if obj is None:
                 break
+            placed.append(obj)
         if len(placed) == len(kinds) and _relation_ok(placed, relation, n_subjects):
             return placed
     # Crowded relational scenes (e.g. three large circles to the right of a large square) are
@@ -175,23 +168,35 @@ def _place_anchor_first(
     for _ in range(tries):
         placed: dict[int, ShapeObject] = {}
         for i in order:
-            shape, colour, size = kinds[i]
-            size = size or SIZES[rng.integers(len(SIZES))]
-            lo, hi = SIDES[size]
-            side = int(rng.integers(lo, hi + 1))
-            for _ in range(200):
-                obj = ShapeObject(shape, colour, size, side,
-                                  int(rng.integers(0, CANVAS - side + 1)),
-                                  int(rng.integers(0, CANVAS - side + 1)))
-                if i < n_subjects and not holds(obj, relation, placed[n_subjects]):
-                    continue
-                if all(apart(obj, other) for other in placed.values()):
-                    placed[i] = obj
-                    break
-            else:
+            accept = (lambda o: holds(o, relation, placed[n_subjects])) if i < n_subjects else None
+            obj = _draw_object(rng, kinds[i], list(placed.values()), attempts=200, accept=accept)
+            if obj is None:
                 break
+            placed[i] = obj
         if len(placed) == len(kinds):
             return [placed[i] for i in range(len(kinds))]
+    return None
+
+
+def _draw_object(
+    rng: np.random.Generator,
+    kind: tuple[str, str, str | None],
+    placed: list[ShapeObject],
+    attempts: int,
+    accept: Callable[[ShapeObject], bool] | None = None,
+) -> ShapeObject | None:
+    """Draw a size (if the kind leaves it open) and a side, then up to `attempts` positions;
+    the first clear of `placed` and passing `accept` wins, None if none does."""
+    shape, colour, size = kind
+    size = size or SIZES[rng.integers(len(SIZES))]
+    lo, hi = SIDES[size]
+    side = int(rng.integers(lo, hi + 1))
+    for _ in range(attempts):
+        obj = ShapeObject(shape, colour, size, side,
+                          int(rng.integers(0, CANVAS - side + 1)),
+                          int(rng.integers(0, CANVAS - side + 1)))
+        if (accept is None or accept(obj)) and all(apart(obj, other) for other in placed):
+            return obj
     return None
 
 
