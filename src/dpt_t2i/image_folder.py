@@ -98,7 +98,7 @@ def write_index(folder: Path, records: list[dict]) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-def read_index(folder: Path, required: tuple[str, ...] = ("file", "prompt")) -> list[dict]:
+def read_index(folder: Path, required: tuple[str, ...] = ("file",)) -> list[dict]:
     """The records of a folder's `index.jsonl`; UsageError naming the line if one is malformed."""
     path = Path(folder) / INDEX
     records = []

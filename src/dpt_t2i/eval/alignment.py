@@ -28,7 +28,7 @@ def judge_folders(folders: list[Path]) -> list[dict]:
     bad folder is reported at once.
     """
     jobs = [(Path(folder), record, _checked_prompt(Path(folder), record))
-            for folder in folders for record in read_index(folder)]
+            for folder in folders for record in read_index(folder, ("file", "prompt"))]
     verdicts = []
     for folder, record, prompt in tqdm(jobs, desc="judge", unit="image", dynamic_ncols=True,
                                        mininterval=1.0):
