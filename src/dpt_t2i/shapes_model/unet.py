@@ -23,17 +23,21 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from ..data.shapes.dataset import images_to_tensor, make_sample
 from .loop import run_loop
 
-TEXT_WIDTH = 128  # the Shapes CLIP text encoder's hidden size
+TEXT_WIDTH = 128  # the Shapes CLIP text encoder's hidden size (shapes_model.clip.build_clip)
 
 
-def build_unet() -> UNet2DConditionModel:
-    """5.9 M parameters on 8x8x4 latents: cross-attention at 8x8 and 4x4, plain 2x2 bottom."""
+def build_unet(cross_attention_dim: int = TEXT_WIDTH) -> UNet2DConditionModel:
+    """5.9 M parameters on 8x8x4 latents: cross-attention at 8x8 and 4x4, plain 2x2 bottom.
+
+    Args:
+        cross_attention_dim: width of the text encoder's hidden states it attends to.
+    """
     return UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(64, 128, 128),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TEXT_WIDTH, attention_head_dim=8, norm_num_groups=32,
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=32,
     )
 
 
@@ -95,7 +99,8 @@ def train_unet(run_dir: Path, vae_dir: Path, clip_dir: Path, steps: int = 8000,
     pool = encode_pool(vae, seed, pool_size, run_dir / "pool.safetensors")
     embeds = encode_texts(text_encoder, tokenizer, pool["texts"])
     scale = vae.config.scaling_factor
-    unet, noise_scheduler = build_unet(), build_noise_scheduler()
+    unet = build_unet(text_encoder.config.hidden_size)
+    noise_scheduler = build_noise_scheduler()
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
 
