@@ -1,0 +1,174 @@
+"""The discriminative adapter of DPT (Qu et al., CVPR 2024, eq. 1-2) and its heads.
+
+A U-Net feature map F_t (B, d, h, w) is projected to d_model, given a learnable 2-D position
+embedding and a timestep embedding, flattened and encoded by a Transformer encoder; N learnable
+queries read the encoded tokens through a Transformer decoder, giving Q* (B, N, d_model).
+The first M queries serve global matching (projected into the text embedding space); the other
+N-M serve local grounding (a probability logit, a cxcywh box and a semantic vector each).
+`score` is the matching score s(z, y) = max_i cos(text(y), h_i) used by self-correction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from torch import nn
+
+
+@dataclass
+class AdapterConfig:
+    """Adapter hyper-parameters. Shapes defaults are provisional until measured.
+
+    The official DPT release (SD-2.1) used d_model 256, 8 heads, FFN 2048, 1 encoder and
+    1 decoder layer, 10 matching and 100 grounding queries.
+    """
+
+    feature_dim: int = 128      # channels of the tapped block (Shapes up1: 128; SD-2.1 varies)
+    text_dim: int = 128         # text embedding width: 128 for Shapes, 1024 for SD-2.1
+    d_model: int = 128          # Shapes is small; the official 256 is over-sized for 8x8 maps
+    n_heads: int = 4            # 32 channels per head at d_model 128 (official: 8 heads)
+    ffn_dim: int = 512          # 4 x d_model, the usual Transformer ratio (official: 2048)
+    encoder_layers: int = 1     # as the official release
+    decoder_layers: int = 1     # as the official release
+    n_match_queries: int = 10   # M, as the official release; s(z, y) takes the max over them
+    n_ground_queries: int = 16  # N-M; Shapes scenes hold at most 4 objects (official: 100)
+    dropout: float = 0.1        # the nn.Transformer default; DETR also uses 0.1
+    max_hw: int = 16            # largest feature side: Shapes latents are 8x8 (SD-2.1 768px: 96)
+
+
+class MLP(nn.Module):
+    """A few linear layers with ReLU between them (DETR's box head)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, n_layers: int):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (n_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+class DiscriminativeAdapter(nn.Module):
+    """Feature map + timestep -> N query states -> matching and grounding heads."""
+
+    def __init__(self, *, feature_dim: int, text_dim: int, d_model: int, n_heads: int,
+                 ffn_dim: int, encoder_layers: int, decoder_layers: int, n_match_queries: int,
+                 n_ground_queries: int, dropout: float, max_hw: int):
+        super().__init__()
+        self.n_match_queries = n_match_queries
+        self.max_hw = max_hw
+        self.input_proj = nn.Conv2d(feature_dim, d_model, kernel_size=1)
+        # separate row and column tables, summed, sliced to the map's h x w
+        self.row_embed = nn.Parameter(torch.randn(max_hw, d_model) * 0.02)
+        self.col_embed = nn.Parameter(torch.randn(max_hw, d_model) * 0.02)
+        # sinusoidal as the diffusers U-Net's own time embedding, then an MLP
+        self.time_proj = Timesteps(d_model, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embed = TimestepEmbedding(d_model, d_model)
+        layer_kw = dict(d_model=d_model, nhead=n_heads, dim_feedforward=ffn_dim,
+                        dropout=dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(**layer_kw), encoder_layers, enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(**layer_kw), decoder_layers, norm=nn.LayerNorm(d_model))
+        self.queries = nn.Embedding(n_match_queries + n_ground_queries, d_model)
+        self.match_head = nn.Linear(d_model, text_dim)
+        self.ground_logit_head = nn.Linear(d_model, 1)
+        self.ground_box_head = MLP(d_model, d_model, 4, n_layers=3)
+        self.ground_embed_head = nn.Linear(d_model, text_dim)
+
+    def position_embedding(self, h: int, w: int) -> torch.Tensor:
+        """(h*w, d_model) learnable 2-D position embedding, row-major like `flatten(2)`."""
+        if h > self.max_hw or w > self.max_hw:
+            raise ValueError(f"feature map {h}x{w} is larger than max_hw={self.max_hw}; "
+                             f"build the adapter with a larger max_hw")
+        pos = self.row_embed[:h, None, :] + self.col_embed[None, :w, :]  # (h, w, D)
+        return pos.reshape(h * w, -1)  # (h*w, D)
+
+    def encode(self, features: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Q* (B, N, d_model): the query states after the decoder (paper eq. 1-2).
+
+        Args:
+            features: (B, d, h, w) U-Net block output F_t.
+            timesteps: (B,) diffusion timesteps t (a scalar is broadcast).
+        """
+        B, _, h, w = features.shape
+        pos = self.position_embedding(h, w)  # (h*w, D)
+        x = self.input_proj(features).flatten(2).transpose(1, 2)  # (B, h*w, D)
+        t = torch.as_tensor(timesteps, device=features.device).reshape(-1).expand(B)
+        t_emb = self.time_embed(self.time_proj(t).to(x.dtype))  # (B, D)
+        x = x + pos[None] + t_emb[:, None, :]  # (B, h*w, D)
+        memory = self.encoder(x)  # (B, h*w, D)
+        queries = self.queries.weight[None].expand(B, -1, -1)  # (B, N, D)
+        return self.decoder(queries, memory)  # (B, N, D)
+
+    def forward(self, features: torch.Tensor, timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Head outputs for a batch of feature maps.
+
+        Args:
+            features: (B, d, h, w) U-Net block output F_t.
+            timesteps: (B,) diffusion timesteps t.
+
+        Returns:
+            dict with `match_embeds` (B, M, text_dim), `ground_logits` (B, N-M),
+            `ground_boxes` (B, N-M, 4) cxcywh in [0, 1], `ground_embeds` (B, N-M, text_dim).
+        """
+        q = self.encode(features, timesteps)  # (B, N, D)
+        q_match, q_ground = q[:, :self.n_match_queries], q[:, self.n_match_queries:]
+        return {
+            "match_embeds": self.match_head(q_match),  # (B, M, text_dim)
+            "ground_logits": self.ground_logit_head(q_ground).squeeze(-1),  # (B, N-M)
+            "ground_boxes": self.ground_box_head(q_ground).sigmoid(),  # (B, N-M, 4)
+            "ground_embeds": self.ground_embed_head(q_ground),  # (B, N-M, text_dim)
+        }
+
+
+def build_adapter(config: AdapterConfig) -> DiscriminativeAdapter:
+    """The adapter an `AdapterConfig` describes."""
+    return DiscriminativeAdapter(
+        feature_dim=config.feature_dim, text_dim=config.text_dim, d_model=config.d_model,
+        n_heads=config.n_heads, ffn_dim=config.ffn_dim, encoder_layers=config.encoder_layers,
+        decoder_layers=config.decoder_layers, n_match_queries=config.n_match_queries,
+        n_ground_queries=config.n_ground_queries, dropout=config.dropout, max_hw=config.max_hw)
+
+
+def score(adapter: DiscriminativeAdapter, features: torch.Tensor, timesteps: torch.Tensor,
+          text_embeds: torch.Tensor) -> torch.Tensor:
+    """s(z, y) = max_i cos(text(y), h_i) over the M matching queries; differentiable.
+
+    Args:
+        adapter: a `DiscriminativeAdapter`.
+        features: (B, d, h, w) U-Net block output F_t.
+        timesteps: (B,) diffusion timesteps t.
+        text_embeds: (B, text_dim) text embeddings, e.g. from `text_embedding`.
+
+    Returns:
+        (B,) the best cosine similarity of each sample's text with its matching queries.
+    """
+    match = adapter(features, timesteps)["match_embeds"]  # (B, M, text_dim)
+    cos = F.cosine_similarity(match, text_embeds[:, None, :].to(match.dtype), dim=-1)  # (B, M)
+    return cos.max(dim=1).values  # (B,)
+
+
+def text_embedding(text_encoder: nn.Module, tokenizer, texts: list[str]) -> torch.Tensor:
+    """The pooled CLIP text state (end-of-text token) of each text: the text side of DPT.
+
+    Tokenized as `StableDiffusionPipeline` does (padded to `model_max_length`, truncated).
+    Gradients are not stopped; wrap in `torch.no_grad()` for a frozen encoder.
+
+    Args:
+        text_encoder: a transformers `CLIPTextModel`.
+        tokenizer: its `CLIPTokenizer`.
+        texts: B strings.
+
+    Returns:
+        (B, text_dim) `pooler_output`.
+    """
+    ids = tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids  # (B, L)
+    device = next(text_encoder.parameters()).device
+    return text_encoder(ids.to(device)).pooler_output  # (B, text_dim)

@@ -1,0 +1,158 @@
+"""Discriminative adapter: shapes, position/timestep sensitivity, gradients, score, Shapes model."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dpt_t2i.adapter import (AdapterConfig, DiscriminativeAdapter, build_adapter, score,
+                             text_embedding)
+from dpt_t2i.bundle import default_model_path
+
+TINY = AdapterConfig(feature_dim=8, text_dim=12, d_model=16, n_heads=2, ffn_dim=32,
+                     encoder_layers=1, decoder_layers=1, n_match_queries=3, n_ground_queries=5,
+                     dropout=0.0, max_hw=8)
+
+
+@pytest.fixture
+def adapter():
+    torch.manual_seed(0)
+    return build_adapter(TINY).eval()
+
+
+def _features(h=4, w=4, B=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, TINY.feature_dim, h, w, generator=g)
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (4, 4), (2, 8), (8, 3)])
+def test_output_keys_and_shapes(adapter, h, w):
+    out = adapter(_features(h, w), torch.tensor([10, 900]))
+    assert set(out) == {"match_embeds", "ground_logits", "ground_boxes", "ground_embeds"}
+    assert out["match_embeds"].shape == (2, 3, 12)
+    assert out["ground_logits"].shape == (2, 5)
+    assert out["ground_boxes"].shape == (2, 5, 4)
+    assert out["ground_embeds"].shape == (2, 5, 12)
+    boxes = out["ground_boxes"]
+    assert (boxes >= 0).all() and (boxes <= 1).all()
+
+
+def test_build_adapter_reads_the_config():
+    adapter = build_adapter(TINY)
+    assert isinstance(adapter, DiscriminativeAdapter)
+    assert adapter.queries.weight.shape == (8, 16)
+    assert adapter.row_embed.shape == adapter.col_embed.shape == (8, 16)
+    assert len(adapter.encoder.layers) == 1 and len(adapter.decoder.layers) == 1
+
+
+def _permute_space(x, seed=1):
+    B, d, h, w = x.shape
+    perm = torch.randperm(h * w, generator=torch.Generator().manual_seed(seed))
+    return x.flatten(2)[:, :, perm].reshape(B, d, h, w)
+
+
+def test_position_embedding_makes_outputs_depend_on_where_features_sit(adapter):
+    x, t = _features(4, 4), torch.tensor([10, 900])
+    with torch.no_grad():
+        a = adapter(x, t)["match_embeds"]
+        b = adapter(_permute_space(x), t)["match_embeds"]
+        assert not torch.allclose(a, b, atol=1e-4)
+        # control: without position embedding the adapter is blind to spatial order
+        adapter.row_embed.zero_()
+        adapter.col_embed.zero_()
+        a = adapter(x, t)["match_embeds"]
+        b = adapter(_permute_space(x), t)["match_embeds"]
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_timestep_changes_outputs(adapter):
+    x = _features()
+    with torch.no_grad():
+        a = adapter(x, torch.tensor([10, 10]))
+        b = adapter(x, torch.tensor([900, 900]))
+    for key in a:
+        assert not torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_gradients_reach_features_and_every_parameter(adapter):
+    x = _features(4, 2).requires_grad_(True)
+    out = adapter.train()(x, torch.tensor([10, 900]))
+    sum(v.square().sum() for v in out.values()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    missing = [n for n, p in adapter.named_parameters() if p.grad is None]
+    assert not missing, missing
+    for name in ["input_proj.weight", "row_embed", "col_embed", "queries.weight",
+                 "time_embed.linear_1.weight", "match_head.weight", "ground_logit_head.weight",
+                 "ground_box_head.layers.0.weight", "ground_embed_head.weight"]:
+        assert dict(adapter.named_parameters())[name].grad.abs().sum() > 0, name
+
+
+def test_position_tables_only_get_gradient_where_used(adapter):
+    x = _features(2, 3)
+    out = adapter(x, torch.tensor([1, 2]))
+    out["match_embeds"].sum().backward()
+    assert adapter.row_embed.grad[2:].abs().sum() == 0
+    assert adapter.col_embed.grad[3:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("h,w", [(9, 4), (4, 9)])
+def test_too_large_feature_map_raises(adapter, h, w):
+    with pytest.raises(ValueError, match="max_hw=8"):
+        adapter(_features(h, w), torch.tensor([1, 2]))
+
+
+def test_score_is_max_cosine_and_differentiable(adapter):
+    x = _features().requires_grad_(True)
+    t = torch.tensor([10, 900])
+    text = torch.randn(2, 12, generator=torch.Generator().manual_seed(3))
+    s = score(adapter, x, t, text)
+    assert s.shape == (2,)
+    with torch.no_grad():
+        h = adapter(x, t)["match_embeds"]  # (B, M, text_dim)
+    by_hand = torch.stack([max(F.cosine_similarity(h[b, i], text[b], dim=0) for i in range(3))
+                           for b in range(2)])
+    torch.testing.assert_close(s.detach(), by_hand, rtol=1e-5, atol=1e-6)
+    (grad,) = torch.autograd.grad(s.sum(), x)
+    assert grad.shape == x.shape and grad.abs().sum() > 0
+
+
+def test_scalar_timestep_is_broadcast(adapter):
+    x = _features()
+    with torch.no_grad():
+        a = adapter(x, torch.tensor(500))["match_embeds"]
+        b = adapter(x, torch.tensor([500, 500]))["match_embeds"]
+    torch.testing.assert_close(a, b)
+
+
+def test_end_to_end_on_the_shipped_shapes_model():
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from dpt_t2i.features import tap
+
+    path = default_model_path()
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet").eval()
+    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").eval()
+    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+
+    texts = ["a red circle", "a blue circle"]
+    with torch.no_grad():
+        text = text_embedding(text_encoder, tokenizer, texts)
+        states = text_encoder(tokenizer(texts, padding="max_length", truncation=True,
+                                        max_length=tokenizer.model_max_length,
+                                        return_tensors="pt").input_ids).last_hidden_state
+    assert text.shape == (2, 128)
+    assert not torch.allclose(text[0], text[1], atol=1e-4)
+
+    torch.manual_seed(0)
+    adapter = build_adapter(AdapterConfig(feature_dim=128, text_dim=128)).eval()
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([100, 700])
+    with torch.no_grad():
+        features = tap(unet, "up1", z, t, states)
+    assert features.shape == (2, 128, 8, 8)
+    out = adapter(features, t)
+    assert out["match_embeds"].shape == (2, 10, 128)
+    assert out["ground_logits"].shape == (2, 16)
+    assert out["ground_boxes"].shape == (2, 16, 4)
+    assert out["ground_embeds"].shape == (2, 16, 128)
+    assert score(adapter, features, t, text).shape == (2,)
