@@ -1,0 +1,225 @@
+"""DPT's discriminative losses (Qu et al., CVPR 2024, arXiv 2403.04321).
+
+Global matching (eq. 3-4): `matching_scores` and `MatchingLoss`.
+Local grounding (eq. 5-7): `GroundingMatcher` picks the query of the referred object and
+`GroundingCriterion` returns one unweighted loss per term. Weights are applied by the
+caller in one visible line, e.g.::
+
+    losses, indices = criterion(outputs, targets)
+    loss = sum(DEFAULT_GROUNDING_WEIGHTS[k] * v for k, v in losses.items())
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dpt_t2i.boxes import box_cxcywh_to_xyxy, generalized_box_iou
+
+# Weights l0..l3 of eq. 7. The paper does not print them; these are DETR's matcher/loss
+# weights (class 1, L1 5, GIoU 2; Carion et al. 2020), with the contrastive term at 1 as in
+# MDETR's contrastive alignment loss (Kamath et al. 2021).
+DEFAULT_GROUNDING_WEIGHTS: dict[str, float] = {
+    "loss_prob": 1.0,
+    "loss_l1": 5.0,
+    "loss_giou": 2.0,
+    "loss_contrastive": 1.0,
+}
+
+
+def matching_scores(query_embeds: Tensor, text_embeds: Tensor) -> Tensor:
+    """s(z, y) = max_i cos(text(y), h_i): the best of the M matching queries (eq. 3).
+
+    Args:
+        query_embeds: (B, M, D) matching queries projected into the text space.
+        text_embeds: (T, D) text embeddings.
+
+    Returns:
+        (B, T) scores in [-1, 1]: entry (b, t) scores image b against text t.
+    """
+    if query_embeds.ndim != 3 or text_embeds.ndim != 2:
+        raise ValueError(f"expected query_embeds (B, M, D) and text_embeds (T, D), got "
+                         f"{tuple(query_embeds.shape)} and {tuple(text_embeds.shape)}")
+    if query_embeds.shape[-1] != text_embeds.shape[-1]:
+        raise ValueError(f"embedding sizes differ: {query_embeds.shape[-1]} vs "
+                         f"{text_embeds.shape[-1]}")
+    h = F.normalize(query_embeds, dim=-1)
+    y = F.normalize(text_embeds, dim=-1)
+    cos = torch.einsum("bmd,td->btm", h, y)  # (B, T, M)
+    return cos.amax(dim=-1)
+
+
+class MatchingLoss(nn.Module):
+    """Symmetric InfoNCE over the batch with a learnable temperature (eq. 4).
+
+    Image i's positive is text i; the other texts of the batch are negatives. Hard
+    negatives (K per image: captions that alter one thing of caption i) are pooled over the
+    batch, as in NegCLIP, and added as B*K extra columns of the image-to-text logits only:
+    they are texts without an image, so they have no row in the text-to-image direction.
+
+    The temperature is log-parameterised like CLIP's logit_scale: init 1/0.07, scale
+    clamped at 100.
+    """
+
+    def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0):
+        super().__init__()
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.max_scale = max_scale
+
+    def scale(self) -> Tensor:
+        return self.logit_scale.exp().clamp(max=self.max_scale)
+
+    def get_logits(self, query_embeds: Tensor, text_embeds: Tensor,
+                   negative_text_embeds: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Scaled matching scores in both directions.
+
+        Args:
+            query_embeds: (B, M, D) matching queries of each image.
+            text_embeds: (B, D) caption of each image (text i belongs to image i).
+            negative_text_embeds: (B, K, D) hard negatives of each caption, or None.
+
+        Returns:
+            logits_per_image: (B, B + B*K), or (B, B) without negatives; columns are the B
+                captions then the negatives flattened image-major (image j's k-th
+                negative at column B + j*K + k).
+            logits_per_text: (B, B).
+        """
+        batch = query_embeds.shape[0]
+        if text_embeds.shape[0] != batch:
+            raise ValueError(f"need one caption per image: {batch} images, "
+                             f"{text_embeds.shape[0]} captions")
+        scale = self.scale()
+        sim = matching_scores(query_embeds, text_embeds)  # (B, B)
+        logits_per_text = scale * sim.T
+        if negative_text_embeds is None:
+            return scale * sim, logits_per_text
+        if negative_text_embeds.ndim != 3 or negative_text_embeds.shape[0] != batch:
+            raise ValueError(f"negative_text_embeds must be (B={batch}, K, D), got "
+                             f"{tuple(negative_text_embeds.shape)}")
+        neg = matching_scores(query_embeds, negative_text_embeds.flatten(0, 1))  # (B, B*K)
+        return scale * torch.cat([sim, neg], dim=1), logits_per_text
+
+    def forward(self, query_embeds: Tensor, text_embeds: Tensor,
+                negative_text_embeds: Tensor | None = None) -> Tensor:
+        """Mean of the image-to-text and text-to-image cross-entropies (a scalar)."""
+        logits_per_image, logits_per_text = self.get_logits(
+            query_embeds, text_embeds, negative_text_embeds)
+        labels = torch.arange(query_embeds.shape[0], device=query_embeds.device)
+        return (F.cross_entropy(logits_per_image, labels)
+                + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+def _paired_giou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """GIoU of (B, Q, 4) cxcywh boxes against (B, 4) cxcywh targets of the same image: (B, Q)."""
+    batch, num_queries = boxes1.shape[:2]
+    giou = generalized_box_iou(box_cxcywh_to_xyxy(boxes1.flatten(0, 1)),
+                               box_cxcywh_to_xyxy(boxes2))  # (B*Q, B)
+    idx = torch.arange(batch, device=boxes1.device)
+    return giou.view(batch, num_queries, batch)[idx, :, idx]  # (B, Q)
+
+
+class GroundingMatcher(nn.Module):
+    """Picks, per image, the query of the one referred object (eq. 5).
+
+    cost_j = -cost_prob * p_j + cost_l1 * |b_j - b|_1 + cost_giou * (-GIoU(b_j, b)),
+    with p_j = sigmoid(logit_j). With one target per image the assignment is the argmin.
+    """
+
+    def __init__(self, cost_prob: float = 1.0, cost_l1: float = 5.0, cost_giou: float = 2.0):
+        super().__init__()
+        if cost_prob == 0 and cost_l1 == 0 and cost_giou == 0:
+            raise ValueError("all matcher costs are 0")
+        self.cost_prob, self.cost_l1, self.cost_giou = cost_prob, cost_l1, cost_giou
+
+    @torch.no_grad()
+    def forward(self, pred_logits: Tensor, pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
+        """Match each image's referred object to one query.
+
+        Args:
+            pred_logits: (B, Q) grounding-probability logits per query.
+            pred_boxes: (B, Q, 4) predicted boxes, cxcywh in [0, 1].
+            target_boxes: (B, 4) the referred object's box, cxcywh in [0, 1].
+
+        Returns:
+            (B,) long: index of the matched query in each image.
+        """
+        if pred_boxes.shape[:2] != pred_logits.shape or pred_boxes.shape[-1] != 4:
+            raise ValueError(f"pred_boxes must be (B, Q, 4) matching pred_logits (B, Q); got "
+                             f"{tuple(pred_boxes.shape)} and {tuple(pred_logits.shape)}")
+        if target_boxes.shape != (pred_boxes.shape[0], 4):
+            raise ValueError(f"target_boxes must be (B, 4), got {tuple(target_boxes.shape)}")
+        prob = pred_logits.sigmoid()  # (B, Q)
+        l1 = (pred_boxes - target_boxes[:, None, :]).abs().sum(-1)  # (B, Q)
+        giou = _paired_giou(pred_boxes, target_boxes)  # (B, Q)
+        cost = -self.cost_prob * prob + self.cost_l1 * l1 - self.cost_giou * giou
+        return cost.argmin(dim=1)
+
+
+class GroundingCriterion(nn.Module):
+    """Unweighted grounding losses of eq. 7, one `loss_*` method per term.
+
+    `loss_prob` reads the paper's -l0 * p as binary cross-entropy on the query logits, the
+    matched query positive and all others negative (mean over B*Q): a standard, stable
+    form of "raise p on the matched query" that also lowers it elsewhere.
+    `loss_contrastive` is eq. 6: InfoNCE of the expression's text embedding against the
+    semantic vectors of all queries of its own image, cosine logits over a fixed temperature.
+    """
+
+    def __init__(self, matcher: GroundingMatcher, temperature: float = 0.07):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.matcher = matcher
+        self.temperature = temperature
+
+    def loss_prob(self, outputs: dict, targets: dict, indices: Tensor) -> Tensor:
+        logits = outputs["ground_logits"]  # (B, Q)
+        labels = F.one_hot(indices, logits.shape[1]).to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits, labels)
+
+    def _matched_boxes(self, outputs: dict, indices: Tensor) -> Tensor:
+        idx = torch.arange(indices.shape[0], device=indices.device)
+        return outputs["ground_boxes"][idx, indices]  # (B, 4)
+
+    def loss_l1(self, outputs: dict, targets: dict, indices: Tensor) -> Tensor:
+        """L1 over the 4 coordinates, mean over images."""
+        pred = self._matched_boxes(outputs, indices)
+        return (pred - targets["boxes"]).abs().sum(-1).mean()
+
+    def loss_giou(self, outputs: dict, targets: dict, indices: Tensor) -> Tensor:
+        """1 - GIoU of matched pairs, mean over images."""
+        pred = box_cxcywh_to_xyxy(self._matched_boxes(outputs, indices))
+        giou = torch.diag(generalized_box_iou(pred, box_cxcywh_to_xyxy(targets["boxes"])))
+        return (1 - giou).mean()
+
+    def loss_contrastive(self, outputs: dict, targets: dict, indices: Tensor) -> Tensor:
+        o = F.normalize(outputs["ground_embeds"], dim=-1)  # (B, Q, D)
+        y = F.normalize(targets["text_embeds"], dim=-1)  # (B, D)
+        logits = torch.einsum("bqd,bd->bq", o, y) / self.temperature  # (B, Q)
+        return F.cross_entropy(logits, indices)
+
+    def forward(self, outputs: dict, targets: dict) -> tuple[dict[str, Tensor], Tensor]:
+        """Match, then compute every term.
+
+        Args:
+            outputs: "ground_logits" (B, Q), "ground_boxes" (B, Q, 4) cxcywh,
+                "ground_embeds" (B, Q, D) semantic vectors o_j.
+            targets: "boxes" (B, 4) cxcywh of the referred object, "text_embeds" (B, D)
+                embedding of the referring expression.
+
+        Returns:
+            losses: {"loss_prob", "loss_l1", "loss_giou", "loss_contrastive"}, unweighted
+                scalars (see DEFAULT_GROUNDING_WEIGHTS).
+            indices: (B,) the matched query of each image.
+        """
+        indices = self.matcher(outputs["ground_logits"], outputs["ground_boxes"], targets["boxes"])
+        losses = {
+            "loss_prob": self.loss_prob(outputs, targets, indices),
+            "loss_l1": self.loss_l1(outputs, targets, indices),
+            "loss_giou": self.loss_giou(outputs, targets, indices),
+            "loss_contrastive": self.loss_contrastive(outputs, targets, indices),
+        }
+        return losses, indices
