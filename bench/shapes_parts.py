@@ -23,6 +23,7 @@ from dpt_t2i.data.shapes.dataset import images_to_tensor, make_sample
 from dpt_t2i.data.shapes.negatives import sample_hard_negatives
 from dpt_t2i.data.shapes.parse import parse_image
 from dpt_t2i.data.shapes.world import random_scene, render
+from dpt_t2i.text import tokenize
 
 
 @torch.no_grad()
@@ -57,8 +58,7 @@ def clip_hard_negatives(clip_dir: Path, n: int) -> dict[str, dict[str, float]]:
             s = make_sample(99, i, split=split)
             negatives = sample_hard_negatives(s.prompt, 3, np.random.default_rng(i), objects=s.objects)
             texts = [s.prompt.text] + [neg.text for _, neg in negatives]
-            ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
-                            return_tensors="pt").input_ids
+            ids = tokenize(tokenizer, texts).input_ids
             logits = model(input_ids=ids, pixel_values=images_to_tensor([s.image])).logits_per_image
             hits[split][s.prompt.family].append(int(logits[0].argmax() == 0))
     return {split: {f: round(float(np.mean(v)), 3) for f, v in fams.items()}

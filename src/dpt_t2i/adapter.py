@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
+from .text import tokenize
+
 
 @dataclass
 class AdapterConfig:
@@ -168,7 +170,6 @@ def text_embedding(text_encoder: nn.Module, tokenizer, texts: list[str]) -> torc
     Returns:
         (B, text_dim) `pooler_output`.
     """
-    ids = tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids  # (B, L)
+    ids = tokenize(tokenizer, texts).input_ids  # (B, L)
     device = next(text_encoder.parameters()).device
     return text_encoder(ids.to(device)).pooler_output  # (B, text_dim)

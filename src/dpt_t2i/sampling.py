@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .text import tokenize
+
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin
 
@@ -55,8 +57,7 @@ def encode_prompts(bundle: ModelBundle, prompts: Sequence[str]) -> torch.Tensor:
         (B, L, D) last hidden states; L is the tokenizer's model_max_length.
     """
     tokenizer, encoder = bundle.tokenizer, bundle.text_encoder
-    tokens = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
-                       truncation=True, return_tensors="pt")
+    tokens = tokenize(tokenizer, prompts)
     mask = None
     if getattr(encoder.config, "use_attention_mask", False):
         mask = tokens.attention_mask.to(encoder.device)

@@ -7,7 +7,8 @@ import torch
 from transformers import CLIPModel, CLIPTokenizer
 
 from dpt_t2i.shapes_model import clip as clip_module
-from dpt_t2i.shapes_model.clip import build_clip, contrastive_loss, tokenize, train_clip
+from dpt_t2i.shapes_model.clip import build_clip, contrastive_loss, train_clip
+from dpt_t2i.text import tokenize
 from dpt_t2i.shapes_model.tokenizer import MAX_LENGTH, build_tokenizer
 
 from .resume import assert_changed, assert_identical, watch_steps
@@ -45,7 +46,7 @@ def test_contrastive_loss_counts_repeated_texts_as_positives():
     tokenizer = build_tokenizer()
     model = build_clip(tokenizer).eval()
     texts = ["a red circle", "a blue square", "a red circle"]
-    ids = tokenize(tokenizer, texts)
+    ids = tokenize(tokenizer, texts).input_ids
     assert ids.shape == (3, MAX_LENGTH)
     pixels = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -58,5 +59,5 @@ def test_contrastive_loss_counts_repeated_texts_as_positives():
     # with every text distinct, the loss of random encoders is near log(B)
     distinct = ["a red circle", "a blue square", "a green triangle"]
     with torch.no_grad():
-        loss = contrastive_loss(model, tokenize(tokenizer, distinct), pixels, distinct)
+        loss = contrastive_loss(model, tokenize(tokenizer, distinct).input_ids, pixels, distinct)
     assert abs(float(loss) - math.log(3)) < 0.5

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from ..data.shapes.dataset import images_to_tensor, make_batch
+from ..text import tokenize
 from .loop import run_loop
 from .tokenizer import MAX_LENGTH, build_tokenizer
 
@@ -40,11 +41,6 @@ def contrastive_loss(model: CLIPModel, input_ids: torch.Tensor, pixels: torch.Te
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
 
 
-def tokenize(tokenizer: CLIPTokenizer, texts: list[str]) -> torch.Tensor:
-    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
-                     truncation=True, return_tensors="pt").input_ids
-
-
 def train_clip(run_dir: Path, steps: int = 3000, batch: int = 256, lr: float = 5e-4,
                refexp_share: float = 0.2, seed: int = 0, resume: bool = True,
                checkpoint_every: int = 250) -> dict:
@@ -59,7 +55,7 @@ def train_clip(run_dir: Path, steps: int = 3000, batch: int = 256, lr: float = 5
         n_ref = int(batch * refexp_share)
         texts = [s.refexp.text if i < n_ref and s.refexp else s.prompt.text
                  for i, s in enumerate(samples)]
-        loss = contrastive_loss(model, tokenize(tokenizer, texts),
+        loss = contrastive_loss(model, tokenize(tokenizer, texts).input_ids,
                                 images_to_tensor([s.image for s in samples]), texts)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

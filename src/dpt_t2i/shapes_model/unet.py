@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..data.shapes.dataset import images_to_tensor, make_sample
+from ..text import tokenize
 from .loop import run_loop
 
 TEXT_WIDTH = 128  # the Shapes CLIP text encoder's hidden size (shapes_model.clip.build_clip)
@@ -78,8 +79,7 @@ def encode_texts(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
     out = {}
     for i in range(0, len(unique), 512):
         chunk = unique[i:i + 512]
-        ids = tokenizer(chunk, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids
+        ids = tokenize(tokenizer, chunk).input_ids
         hidden = text_encoder(ids)[0]  # (b, L, D)
         out.update(zip(chunk, hidden))
     return out
