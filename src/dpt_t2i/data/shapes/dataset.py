@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..samples import images_to_tensor  # noqa: F401  (re-exported)
 from .grammar import FAMILIES, Prompt, scene_for
 from .refexp import Refexp, random_refexp
 from .splits import sample_prompt
@@ -39,12 +40,6 @@ def make_sample(seed: int, index: int, split: str = "train",
 def make_batch(seed: int, step: int, batch: int, **kwargs) -> list[Sample]:
     """The `batch` samples of training step `step` (indices step*batch ... step*batch+batch-1)."""
     return [make_sample(seed, step * batch + i, **kwargs) for i in range(batch)]
-
-
-def images_to_tensor(images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1], the world's pixel convention."""
-    array = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
-    return torch.from_numpy(array).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 class ShapesStream(torch.utils.data.IterableDataset):

@@ -9,25 +9,13 @@ Boxes are (cx, cy, w, h) in [0, 1], the grounding head's convention.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-import torch
 
-from .dataset import images_to_tensor, make_sample
+from ..samples import DPTSample, collate  # noqa: F401  (collate re-exported)
+from .dataset import make_sample
 from .grammar import FAMILIES
 from .negatives import sample_hard_negatives
 from .world import CANVAS
-
-
-@dataclass
-class DPTSample:
-    image: np.ndarray  # (64, 64, 3) uint8
-    caption: str
-    negatives: list[str]  # exactly K texts, each false for the image
-    refexp: str | None  # None when no object of the scene can be named unambiguously
-    box: tuple[float, float, float, float] | None  # the referred object, cxcywh in [0, 1]
-    family: str
 
 
 def make_dpt_sample(seed: int, index: int, split: str = "train", n_negatives: int = 3,
@@ -46,20 +34,3 @@ def make_dpt_sample(seed: int, index: int, split: str = "train", n_negatives: in
                (y1 - y0) / CANVAS)
     return DPTSample(base.image, base.prompt.text, negatives,
                      base.refexp.text if base.refexp else None, box, base.prompt.family)
-
-
-def collate(samples: list[DPTSample]) -> dict:
-    """Stack samples into a batch.
-
-    Returns:
-        dict with `pixels` (B, 3, 64, 64) in [-1, 1], `captions` (B texts), `negatives`
-        (B lists of K texts), `refexps` (B texts, "" where a sample has none), `boxes`
-        (B, 4) cxcywh (zeros where none) and `has_ref` (B,) bool.
-    """
-    has_ref = torch.tensor([s.refexp is not None for s in samples])
-    boxes = torch.tensor([s.box if s.box is not None else (0.0,) * 4 for s in samples])
-    return {"pixels": images_to_tensor([s.image for s in samples]),
-            "captions": [s.caption for s in samples],
-            "negatives": [s.negatives for s in samples],
-            "refexps": [s.refexp or "" for s in samples],
-            "boxes": boxes, "has_ref": has_ref}
