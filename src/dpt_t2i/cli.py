@@ -11,10 +11,13 @@ from .errors import UsageError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from .commands import evaluate, generate, prompts, world
+    from .commands import dpt_train, evaluate, evaluate_disc, generate, prompts, sweep, world
 
     generate.register(sub)
     evaluate.register(sub)
+    dpt_train.register(sub)
+    evaluate_disc.register(sub)
+    sweep.register(sub)
     prompts.register(sub)
     world.register(sub)
     return parser

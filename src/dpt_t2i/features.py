@@ -51,6 +51,24 @@ def tap(unet: nn.Module, name: str, sample: torch.Tensor, timestep: torch.Tensor
         (B, d, h', w') the block's output hidden states (a down block's first output; its
         skip connections are not returned).
     """
+    features, _ = _run(unet, name, sample, timestep, encoder_hidden_states, early_exit)
+    return features
+
+
+def tap_with_output(unet: nn.Module, name: str, sample: torch.Tensor,
+                    timestep: torch.Tensor | int, encoder_hidden_states: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block `name`'s feature map and the U-Net's own output from one full forward pass.
+
+    Returns:
+        features: (B, d, h', w') as `tap` returns them.
+        output: (B, C, h, w) the U-Net's prediction (noise, for an epsilon model).
+    """
+    features, output = _run(unet, name, sample, timestep, encoder_hidden_states, False)
+    return features, output
+
+
+def _run(unet, name, sample, timestep, encoder_hidden_states, early_exit):
     store: dict[str, torch.Tensor] = {}
 
     def hook(_module: nn.Module, _inputs, output) -> None:
@@ -59,10 +77,12 @@ def tap(unet: nn.Module, name: str, sample: torch.Tensor, timestep: torch.Tensor
             raise _EarlyExit
 
     handle = get_block(unet, name).register_forward_hook(hook)
+    output = None
     try:
-        unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)
+        output = unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                      return_dict=False)[0]
     except _EarlyExit:
         pass
     finally:
         handle.remove()
-    return store["features"]
+    return store["features"], output

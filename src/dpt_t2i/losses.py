@@ -104,12 +104,24 @@ class MatchingLoss(nn.Module):
 
     def forward(self, query_embeds: Tensor, text_embeds: Tensor,
                 negative_text_embeds: Tensor | None = None) -> Tensor:
-        """Mean of the image-to-text and text-to-image cross-entropies (a scalar)."""
+        """Mean of the image-to-text and text-to-image cross-entropies (a scalar).
+
+        A batch may hold the same caption twice (small worlds repeat captions). Every column
+        whose text equals image i's caption is a positive of row i, and the target spreads
+        evenly over them (soft-target cross-entropy); with distinct texts this is the usual
+        one-hot InfoNCE. Texts count as equal when their embeddings are identical, which a
+        frozen text encoder guarantees for identical strings.
+        """
         logits_per_image, logits_per_text = self.get_logits(
             query_embeds, text_embeds, negative_text_embeds)
-        labels = torch.arange(query_embeds.shape[0], device=query_embeds.device)
-        return (F.cross_entropy(logits_per_image, labels)
-                + F.cross_entropy(logits_per_text, labels)) / 2
+        columns = text_embeds if negative_text_embeds is None else torch.cat(
+            [text_embeds, negative_text_embeds.flatten(0, 1)])  # (B + B*K, D)
+        positive = (text_embeds[:, None, :] == columns[None, :, :]).all(-1)  # (B, B + B*K)
+        positive[:, :text_embeds.shape[0]].fill_diagonal_(True)
+        target_i = positive.to(logits_per_image.dtype)
+        target_t = positive[:, :text_embeds.shape[0]].T.to(logits_per_text.dtype)  # (B, B)
+        return (F.cross_entropy(logits_per_image, target_i / target_i.sum(1, keepdim=True))
+                + F.cross_entropy(logits_per_text, target_t / target_t.sum(1, keepdim=True))) / 2
 
 
 def _paired_giou(boxes1: Tensor, boxes2: Tensor) -> Tensor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
+
 
 def tokenize(tokenizer, texts: Sequence[str]):
     """Pad every text to the tokenizer's `model_max_length` and truncate longer ones.
@@ -17,3 +19,20 @@ def tokenize(tokenizer, texts: Sequence[str]):
     """
     return tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
                      truncation=True, return_tensors="pt")
+
+
+@torch.no_grad()
+def encode_texts(text_encoder, tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both text views DPT uses, for a frozen text encoder; each distinct text encoded once.
+
+    Returns:
+        pooled: (N, D) `pooler_output`, the text side of matching and grounding.
+        hidden: (N, L, D) last hidden states, what the U-Net attends to.
+    """
+    unique = sorted(set(texts))
+    ids = tokenize(tokenizer, unique).input_ids
+    device = next(text_encoder.parameters()).device
+    out = text_encoder(ids.to(device))
+    row = {t: i for i, t in enumerate(unique)}
+    index = torch.tensor([row[t] for t in texts], device=device)
+    return out.pooler_output[index].float(), out.last_hidden_state[index].float()

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from ..bundle import (ModelBundle, check_model_folder, default_model_path, load_bundle,
+from ..bundle import (ModelBundle, load_bundle,
                       read_vocabulary)
 from ..errors import UsageError
 from ..image_folder import (INDEX, check_output_folder, publish, staging_folder, write_index,
                             write_png)
 from ..sampling import (SCHEDULERS, decode, encode_prompts, image_generators, initial_latents,
                         make_scheduler, sample)
+from .model_args import model_folder, quiet_loading
 from .prompt_input import add_prompt_arguments, check_vocabulary, read_prompts
 
 if TYPE_CHECKING:
@@ -60,14 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_settings(args)
     prompts = read_prompts(args)
-    model = _model_folder(args.model)
+    model = model_folder(args.model)
     vocabulary = read_vocabulary(model)
     if vocabulary is not None:
         check_vocabulary(prompts, vocabulary, model)
     records = plan_images(prompts, args, model)
     out = check_output_folder(args.out, [r["file"] for r in records], overwrite=args.overwrite)
 
-    _quiet_loading()
+    quiet_loading()
     bundle = load_bundle(model)
     _check_lengths(bundle.tokenizer, prompts)
     with staging_folder(out) as stage:
@@ -90,15 +91,6 @@ def _check_settings(args: argparse.Namespace) -> None:
     if args.scheduler not in SCHEDULERS:
         raise UsageError(f"unknown scheduler {args.scheduler!r}; expected one of "
                          f"{', '.join(SCHEDULERS)}")
-
-
-def _model_folder(path: Path | None) -> Path:
-    if path is None:
-        path = default_model_path()
-        if not path.exists():
-            raise UsageError(f"the shipped Shapes model is not installed ({path} is missing); "
-                             "pass --model PATH to a Stable Diffusion diffusers folder")
-    return check_model_folder(path)
 
 
 def plan_images(prompts: list[str], args: argparse.Namespace, model: Path) -> list[dict]:
@@ -150,10 +142,3 @@ def render(bundle: ModelBundle, records: list[dict], folder: Path, steps: int, g
             for record, image in zip(batch, decode(bundle, latents)):
                 write_png(folder / record["file"], image)
             bar.update(len(batch))
-
-
-def _quiet_loading() -> None:
-    """No per-component loading bars from transformers: the command shows one bar, over images."""
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()

@@ -1,0 +1,102 @@
+"""`dpt sweep-blocks`: probe every U-Net block and compare them (the paper's Fig. 3).
+
+For each block, a stage-1 probe run goes to RUN_DIR/<block>/ (resumable: a finished block
+is not trained again) and is evaluated with `dpt evaluate-disc`'s Shapes protocol (cached
+in RUN_DIR/<block>/eval.json). RUN_DIR/sweep.md holds the table, RUN_DIR/sweep.png the plot
+of OOD ITM overall and REC accuracy per block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import UsageError
+from .model_args import (add_model_argument, add_threads_argument, model_folder,
+                         quiet_loading, set_threads)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep-blocks", help="probe every U-Net block; table and plot",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", type=Path, required=True)
+    add_model_argument(p)
+    p.add_argument("--blocks", default=None, help="comma-separated (default: all blocks)")
+    p.add_argument("--steps", type=int, default=500, help="probe steps per block (default 500)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--condition", choices=["empty", "caption"], default="empty")
+    p.add_argument("--timestep", type=int, default=100)
+    p.add_argument("--n-itm", type=int, default=200)
+    p.add_argument("--n-rec", type=int, default=400)
+    p.add_argument("--seed", type=int, default=0)
+    add_threads_argument(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    if args.steps < 1 or args.batch < 1:
+        raise UsageError("--steps and --batch must be >= 1")
+    model = model_folder(args.model)
+    quiet_loading()
+    from ..bundle import load_bundle
+    from ..features import block_names
+
+    names = block_names(load_bundle(model).unet)
+    blocks = args.blocks.split(",") if args.blocks else names
+    unknown = [b for b in blocks if b not in names]
+    if unknown:
+        raise UsageError(f"unknown block(s) {', '.join(unknown)}; this U-Net has {', '.join(names)}")
+    rows = {block: _probe_and_evaluate(args, model, block) for block in blocks}
+    write_sweep(args.run_dir, rows, args)
+    print((args.run_dir / "sweep.md").read_text())
+    return 0
+
+
+def _probe_and_evaluate(args: argparse.Namespace, model: Path, block: str) -> dict:
+    from ..adapter import AdapterConfig
+    from ..bundle import load_bundle
+    from ..dpt import DPTConfig, load_dpt
+    from ..eval.discriminative import DiscriminativeScorer, evaluate_shapes
+    from ..train import ShapesSource, TrainSettings, train_dpt
+    from .dpt_train import block_channels
+
+    run_dir = args.run_dir / block
+    cached = run_dir / "eval.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    bundle = load_bundle(model)  # fresh: a run must not see another's state
+    if not (run_dir / "final").is_dir():
+        config = DPTConfig(block=block, condition=args.condition, adapter=AdapterConfig(
+            feature_dim=block_channels(bundle.unet, block),
+            text_dim=bundle.text_encoder.config.hidden_size,
+            max_hw=max(16, int(bundle.unet.config.sample_size))))
+        print(f"probing {block}")
+        train_dpt(run_dir, bundle, ShapesSource(seed=args.seed), config,
+                  TrainSettings(stage="probe", steps=args.steps, batch=args.batch, seed=args.seed))
+    heads, config = load_dpt(run_dir / "final", bundle.unet)
+    scorer = DiscriminativeScorer(bundle, heads, config, args.timestep)
+    result = evaluate_shapes(scorer, n_itm=args.n_itm, n_rec=args.n_rec)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    result["s_per_step"] = summary["s_per_step"]
+    cached.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def write_sweep(run_dir: Path, rows: dict[str, dict], args: argparse.Namespace) -> None:
+    """sweep.md (table) and sweep.png (OOD ITM overall and REC per block)."""
+    from ..eval.plots import bar_chart
+
+    lines = [f"Probe of each block: {args.steps} steps x {args.batch}, condition "
+             f"{args.condition}; evaluated at t={args.timestep}.", "",
+             "| block | ITM ID | ITM OOD | REC ID | REC OOD | s/step |", "|---|---|---|---|---|---|"]
+    for block, r in rows.items():
+        lines.append(f"| {block} | {r['itm']['id']['overall']:.3f} | {r['itm']['ood']['overall']:.3f}"
+                     f" | {r['rec']['id']['acc']:.3f} | {r['rec']['ood']['acc']:.3f}"
+                     f" | {r.get('s_per_step') or float('nan'):.3f} |")
+    (run_dir / "sweep.md").write_text("\n".join(lines) + "\n")
+    blocks = list(rows)
+    bar_chart(run_dir / "sweep.png", "DPT probe per U-Net block (Shapes, OOD split)", blocks,
+              {"ITM overall": [rows[b]["itm"]["ood"]["overall"] for b in blocks],
+               "REC acc@0.5": [rows[b]["rec"]["ood"]["acc"] for b in blocks]}, chance=0.25)

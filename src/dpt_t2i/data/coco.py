@@ -1,0 +1,161 @@
+"""COCO captions (`captions_train2014.json`) and an image folder, read with plain `json`.
+
+The file holds {"images": [{"id", "file_name", "width", "height", ...}], "annotations":
+[{"id", "image_id", "caption"}, ...]}; each image has about five captions. Images are not
+opened here: a missing or broken image file is found, counted and skipped when a sample
+is drawn (`data/real.py`), so one bad file does not stop a run of 80k images.
+
+`load_json` and `read_image_table` are shared with the RefCOCO reader, whose
+`instances.json` has the same "images" list.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UsageError
+
+
+@dataclass
+class CocoImage:
+    image_id: int
+    path: Path  # image_dir / file_name; not checked to exist
+    width: int  # pixels, as the annotation file says
+    height: int
+
+
+@dataclass
+class CaptionedImage:
+    image_id: int
+    path: Path  # image_dir / file_name; not checked to exist
+    width: int  # pixels
+    height: int
+    captions: list[str]  # stripped, non-empty, in file order
+
+
+def load_json(path: Path, what: str) -> dict:
+    """Read a JSON file whose top level is an object.
+
+    Args:
+        path: the file.
+        what: what the file should be, for error messages (e.g. "COCO captions file").
+
+    Raises:
+        UsageError: the file is missing, unreadable, not JSON or not a JSON object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{what} {path} does not exist or is not a file")
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except OSError as err:
+        raise UsageError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{what} {path} is not valid JSON ({err}); expected a COCO-format "
+                         "annotation file") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{what} {path} holds a JSON {type(data).__name__}; expected an "
+                         "object with 'images' and 'annotations'")
+    return data
+
+
+def entries(data: dict, key: str, path: Path) -> list[dict]:
+    """The list `data[key]`, every element an object.
+
+    Raises:
+        UsageError: naming `path` and `key` when the key is missing, not a list, or holds a
+            non-object.
+    """
+    if key not in data:
+        raise UsageError(f"{path} has no top-level key '{key}'; expected a COCO-format file "
+                         f"with keys 'images' and 'annotations' (it has {sorted(data)})")
+    items = data[key]
+    if not isinstance(items, list):
+        raise UsageError(f"{path}: '{key}' is a {type(items).__name__}; expected a list")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise UsageError(f"{path}: {key}[{i}] is a {type(item).__name__}; expected an object")
+    return items
+
+
+def field(entry: dict, key: str, kind: type | tuple[type, ...], path: Path, where: str):
+    """`entry[key]`, checked to be of type `kind` (bool is never an int here).
+
+    Args:
+        where: the entry's place for messages, e.g. "annotations[3] (id 17)".
+    """
+    if key not in entry:
+        raise UsageError(f"{path}: {where} has no key '{key}'")
+    value = entry[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise UsageError(f"{path}: {where} has {key}={value!r}; expected {names}")
+    return value
+
+
+def _where(key: str, index: int, entry: dict) -> str:
+    return f"{key}[{index}]" + (f" (id {entry['id']!r})" if "id" in entry else "")
+
+
+def read_image_table(data: dict, path: Path, image_dir: Path) -> dict[int, CocoImage]:
+    """The "images" list of a COCO-format file, by image id, in file order.
+
+    Args:
+        data: the parsed file.
+        path: the file, for messages.
+        image_dir: the folder the `file_name`s are relative to.
+
+    Raises:
+        UsageError: an entry lacks id/file_name/width/height, has a non-positive size, or
+            repeats an id.
+    """
+    table: dict[int, CocoImage] = {}
+    for i, entry in enumerate(entries(data, "images", path)):
+        where = _where("images", i, entry)
+        image_id = field(entry, "id", int, path, where)
+        file_name = field(entry, "file_name", str, path, where)
+        width = field(entry, "width", int, path, where)
+        height = field(entry, "height", int, path, where)
+        if width <= 0 or height <= 0:
+            raise UsageError(f"{path}: {where} has size {width}x{height}; expected positive "
+                             "width and height in pixels")
+        if image_id in table:
+            raise UsageError(f"{path}: {where} repeats image id {image_id}")
+        table[image_id] = CocoImage(image_id, Path(image_dir) / file_name, width, height)
+    return table
+
+
+def read_coco_captions(captions_json: str | Path, image_dir: str | Path) -> list[CaptionedImage]:
+    """Read a COCO captions file into one `CaptionedImage` per image that has a caption.
+
+    Args:
+        captions_json: e.g. `annotations/captions_train2014.json`.
+        image_dir: the folder of the images it names, e.g. `train2014/`.
+
+    Returns:
+        Images in the file's order; images without a (non-blank) caption are dropped.
+        Captions are stripped of surrounding white space.
+
+    Raises:
+        UsageError: the file is missing or not JSON, a top-level key or an entry's key is
+            missing or of the wrong type (naming the file, key and entry), or a caption names
+            an image id the file does not list.
+    """
+    path = Path(captions_json)
+    data = load_json(path, "COCO captions file")
+    images = read_image_table(data, path, Path(image_dir))
+    captions: dict[int, list[str]] = {image_id: [] for image_id in images}
+    for i, entry in enumerate(entries(data, "annotations", path)):
+        where = _where("annotations", i, entry)
+        image_id = field(entry, "image_id", int, path, where)
+        caption = field(entry, "caption", str, path, where).strip()
+        if image_id not in captions:
+            raise UsageError(f"{path}: {where} has image_id {image_id}, which is not in "
+                             "'images'")
+        if caption:
+            captions[image_id].append(caption)
+    return [CaptionedImage(im.image_id, im.path, im.width, im.height, captions[im.image_id])
+            for im in images.values() if captions[im.image_id]]

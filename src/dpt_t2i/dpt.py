@@ -1,0 +1,171 @@
+"""A DPT model: which U-Net block is read and how, the adapter, and (after stage 2) LoRA.
+
+A *DPT folder* holds everything the discriminative side needs on top of a base model:
+
+    dpt_config.json       block, text condition, adapter hyper-parameters, LoRA settings
+    heads.safetensors     adapter weights and the matching temperature
+    lora.safetensors      the U-Net's LoRA weights (PEFT keys), stage 2 only
+
+Text conditioning of the features (`condition`):
+- "empty": the U-Net sees the empty prompt when it makes the features, so the features
+  depend on the image alone; one U-Net pass scores an image against any number of texts,
+  and the matching score cannot be won by reading the text back out of the conditioning.
+- "caption": the U-Net sees the text being scored (as the paper's pipeline does at
+  sampling time); for grounding it sees the referring expression. Scoring an image against
+  T texts then costs T U-Net passes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .adapter import AdapterConfig, build_adapter
+from .features import tap
+from .lora import LoraSettings, LoraWeights, add_lora
+from .losses import MatchingLoss, matching_scores
+
+CONDITIONS = ("empty", "caption")
+CONFIG_FILE, HEADS_FILE, LORA_FILE = "dpt_config.json", "heads.safetensors", "lora.safetensors"
+
+
+@dataclass
+class DPTConfig:
+    block: str = "up1"          # Shapes U-Net: the 8x8, 128-channel up block (see RECIPE)
+    condition: str = "empty"    # see the module docstring
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    lora: LoraSettings | None = None  # None until stage 2 adds LoRA
+
+    def __post_init__(self):
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}, "
+                             f"got {self.condition!r}")
+
+    def to_dict(self) -> dict:
+        return {"block": self.block, "condition": self.condition,
+                "adapter": asdict(self.adapter),
+                "lora": self.lora.to_dict() if self.lora else None}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DPTConfig":
+        lora = LoraSettings(**data["lora"]) if data.get("lora") else None
+        return cls(block=data["block"], condition=data["condition"],
+                   adapter=AdapterConfig(**data["adapter"]), lora=lora)
+
+
+class DPTHeads(nn.Module):
+    """What both stages train besides LoRA: the adapter and the matching temperature."""
+
+    def __init__(self, adapter_config: AdapterConfig):
+        super().__init__()
+        self.adapter = build_adapter(adapter_config)
+        self.matching = MatchingLoss()
+
+    def forward(self, features: torch.Tensor, timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.adapter(features, timesteps)
+
+
+def unet_features(unet: nn.Module, config: DPTConfig, latents: torch.Tensor,
+                  timesteps: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """F_t of the configured block (early exit) for noisy latents under text states (B, L, D)."""
+    return tap(unet, config.block, latents, timesteps, states)
+
+
+def rec_choice(outputs: dict[str, torch.Tensor], ref_embeds: torch.Tensor,
+               temperature: float = 0.07) -> torch.Tensor:
+    """The query that answers each referring expression: argmax of log p_j + log softmax_j cos.
+
+    The probability p_j says "this query holds the referred object"; the semantic vector o_j
+    says which expression it answers (eq. 6). Under the empty condition p_j cannot know the
+    expression, so the semantic term is what tells two objects of one image apart.
+
+    Args:
+        outputs: adapter outputs with `ground_logits` (B, Q) and `ground_embeds` (B, Q, D).
+        ref_embeds: (B, D) text embeddings of the expressions.
+
+    Returns:
+        (B,) long query indices.
+    """
+    o = F.normalize(outputs["ground_embeds"], dim=-1)  # (B, Q, D)
+    y = F.normalize(ref_embeds.to(o.dtype), dim=-1)  # (B, D)
+    semantic = torch.einsum("bqd,bd->bq", o, y) / temperature  # (B, Q)
+    score = F.logsigmoid(outputs["ground_logits"]) + semantic.log_softmax(dim=1)
+    return score.argmax(dim=1)
+
+
+def itm_matrix(heads: DPTHeads, features: torch.Tensor, timesteps: torch.Tensor,
+               text_embeds: torch.Tensor) -> torch.Tensor:
+    """(B, T) matching scores s(z_b, y_t) of B feature maps against T text embeddings."""
+    return matching_scores(heads(features, timesteps)["match_embeds"], text_embeds)
+
+
+def save_dpt(folder: Path, heads: DPTHeads, config: DPTConfig, unet: nn.Module | None = None,
+             extra: dict | None = None) -> Path:
+    """Write a DPT folder atomically (a temporary folder renamed into place).
+
+    Args:
+        folder: where it goes; replaced if it exists.
+        heads: the trained heads.
+        config: the DPT config; with `config.lora` set, `unet` must carry the LoRA adapter.
+        extra: JSON-able facts recorded in dpt_config.json under "training".
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in heads.state_dict().items()},
+                  tmp / HEADS_FILE)
+        if config.lora is not None:
+            if unet is None:
+                raise ValueError("config has LoRA settings but no U-Net was given to save from")
+            save_file({k: v.contiguous().cpu() for k, v in LoraWeights(unet).state_dict().items()},
+                      tmp / LORA_FILE)
+        data = {**config.to_dict(), "training": extra or {}}
+        (tmp / CONFIG_FILE).write_text(json.dumps(data, indent=1))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def read_dpt_config(folder: Path) -> DPTConfig:
+    """The config of a DPT folder; ValueError naming the file and key when it is not one."""
+    file = Path(folder) / CONFIG_FILE
+    if not file.is_file():
+        raise ValueError(f"{folder} is not a DPT folder: it has no {CONFIG_FILE}")
+    try:
+        return DPTConfig.from_dict(json.loads(file.read_text()))
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file} is not a valid DPT config ({type(err).__name__}: {err})") from err
+
+
+def load_dpt(folder: Path, unet: nn.Module | None = None) -> tuple[DPTHeads, DPTConfig]:
+    """Read a DPT folder; with `unet` given and LoRA in the folder, add and load the LoRA.
+
+    Returns:
+        heads in eval mode, and the config.
+    """
+    folder = Path(folder)
+    config = read_dpt_config(folder)
+    heads = DPTHeads(config.adapter)
+    try:
+        heads.load_state_dict(load_file(folder / HEADS_FILE))
+    except (RuntimeError, FileNotFoundError, OSError) as err:
+        raise ValueError(f"cannot load {folder / HEADS_FILE}: {str(err).splitlines()[0]}") from err
+    if config.lora is not None and unet is not None:
+        add_lora(unet, config.lora)
+        LoraWeights(unet).load_state_dict(load_file(folder / LORA_FILE))
+        unet.requires_grad_(False)
+    return heads.eval(), config

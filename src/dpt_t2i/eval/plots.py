@@ -1,0 +1,55 @@
+"""Small PNG charts drawn with Pillow, so reports need no plotting library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+
+
+def bar_chart(path: Path, title: str, groups: list[str], series: dict[str, list[float]],
+              y_max: float = 1.0, y_label: str = "accuracy", chance: float | None = None) -> Path:
+    """Grouped bars: one group per x label, one bar per series, values in [0, y_max].
+
+    Args:
+        path: the PNG to write.
+        groups: x labels (e.g. block names).
+        series: name -> one value per group (None draws no bar).
+        chance: draw a dashed horizontal line at this value.
+    """
+    width, height, left, right, top, bottom = 120 + 90 * len(groups), 420, 60, 20, 40, 70
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    plot_h, plot_w = height - top - bottom, width - left - right
+    draw.text((left, 12), title, fill="black")
+
+    def y(v: float) -> float:
+        return top + plot_h * (1 - min(max(v, 0.0), y_max) / y_max)
+
+    for k in range(6):  # grid and y ticks
+        v = y_max * k / 5
+        draw.line([(left, y(v)), (width - right, y(v))], fill=(225, 225, 225))
+        draw.text((8, y(v) - 6), f"{v:.1f}", fill="black")
+    draw.text((8, top - 20), y_label, fill="black")
+    if chance is not None:
+        for x in range(left, width - right, 8):
+            draw.line([(x, y(chance)), (x + 4, y(chance))], fill=(120, 120, 120))
+    slot = plot_w / max(1, len(groups))
+    bar = slot * 0.8 / max(1, len(series))
+    for g, name in enumerate(groups):
+        x0 = left + g * slot + slot * 0.1
+        for s, values in enumerate(series.values()):
+            if values[g] is not None:
+                draw.rectangle([x0 + s * bar, y(values[g]), x0 + (s + 1) * bar - 2, y(0)],
+                               fill=COLOURS[s % len(COLOURS)])
+        draw.text((x0, height - bottom + 6), name, fill="black")
+    for s, name in enumerate(series):  # legend
+        x = left + s * 150
+        draw.rectangle([x, height - 28, x + 12, height - 16], fill=COLOURS[s % len(COLOURS)])
+        draw.text((x + 18, height - 29), name, fill="black")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
