@@ -62,6 +62,8 @@ def test_bad_folders_are_named(tmp_path):
         read_dpt_config(tmp_path)
     with pytest.raises(ValueError, match="condition must be one of empty, caption"):
         DPTConfig(condition="prompt")
+    with pytest.raises(ValueError, match="ground_condition must be one of expression, empty"):
+        DPTConfig(ground_condition="caption")
 
 
 def test_rec_choice_uses_probability_and_semantics():

@@ -181,3 +181,34 @@ def test_adapter_outputs_feed_the_losses_directly():
     total.backward()
     assert adapter.queries.weight.grad.abs().sum() > 0
     assert adapter.ground_box_head.layers[0].weight.grad.abs().sum() > 0
+
+
+def test_matching_loss_treats_a_repeated_caption_as_a_positive():
+    loss = MatchingLoss()
+    with torch.no_grad():
+        loss.logit_scale.fill_(0.0)  # scale 1: logits are the cosines
+    y = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # captions 0 and 1 are the same text
+    h = torch.tensor([[[1.0, 0.0]], [[0.8, 0.6]], [[0.0, 1.0]]], requires_grad=True)
+    sim = torch.tensor([[1.0, 1.0, 0.0], [0.8, 0.8, 0.6], [0.0, 0.0, 1.0]])  # (image, text)
+    target = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    expected = (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2
+    value = loss(h, y)
+    assert torch.allclose(value, expected)
+    value.backward()
+    # image 1 is pulled towards its caption, which text 0 also is (one-hot targets would
+    # push it away in the text-to-image direction)
+    assert float(h.grad[1, 0] @ y[0]) < 0
+
+
+def test_matching_loss_counts_a_negative_equal_to_the_caption_as_positive():
+    loss = MatchingLoss()
+    with torch.no_grad():
+        loss.logit_scale.fill_(0.0)
+    y = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    negatives = torch.tensor([[[0.0, 1.0]], [[1.0, 0.0]]])  # image 1's negative is caption 0
+    h = y[:, None, :].clone()
+    logits_i = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+    target_i = torch.tensor([[0.5, 0.0, 0.0, 0.5], [0.0, 0.5, 0.5, 0.0]])
+    expected = (F.cross_entropy(logits_i, target_i)
+                + F.cross_entropy(torch.eye(2), torch.arange(2))) / 2
+    assert torch.allclose(loss(h, y, negatives), expected)

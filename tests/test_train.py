@@ -8,20 +8,21 @@ from safetensors.torch import load_file
 
 from dpt_t2i import train as train_module
 from dpt_t2i.adapter import AdapterConfig
-from dpt_t2i.bundle import load_bundle
+from dpt_t2i.bundle import default_model_path, load_bundle
 from dpt_t2i.dpt import DPTConfig, load_dpt
 from dpt_t2i.lora import LoraSettings
 from dpt_t2i.train import ShapesSource, TrainSettings, draw_samples, train_dpt
 
 from shapes_model.resume import assert_identical
 
-# tiny model: text width 32; block up0 has 64 channels at 32x32 for 64x64 Shapes images
-ADAPTER = AdapterConfig(feature_dim=64, text_dim=32, d_model=32, n_heads=2, ffn_dim=64,
-                        n_match_queries=2, n_ground_queries=4, max_hw=32)
+# the shipped Shapes model (8x8 latents: fast); its up0 block has 128 channels at 4x4
+ADAPTER = AdapterConfig(feature_dim=128, text_dim=128, d_model=32, n_heads=2, ffn_dim=64,
+                        n_match_queries=2, n_ground_queries=4, max_hw=8)
 
 
-def probe_config(condition="empty"):
-    return DPTConfig(block="up0", condition=condition, adapter=ADAPTER)
+def probe_config(condition="empty", ground_condition="expression"):
+    return DPTConfig(block="up0", condition=condition, ground_condition=ground_condition,
+                     adapter=ADAPTER)
 
 
 def settings(**kw):
@@ -29,13 +30,18 @@ def settings(**kw):
     return TrainSettings(**{**base, **kw})
 
 
-def run(tiny_model, run_dir, config, s, **kw):
-    return train_dpt(run_dir, load_bundle(tiny_model), ShapesSource(), config, s,
+@pytest.fixture
+def shipped():
+    return default_model_path()
+
+
+def run(model, run_dir, config, s, **kw):
+    return train_dpt(run_dir, load_bundle(model), ShapesSource(), config, s,
                      show_progress=False, **kw)
 
 
-def test_probe_trains_heads_only_and_writes_a_dpt_folder(tiny_model, tmp_path):
-    bundle = load_bundle(tiny_model)
+def test_probe_trains_heads_only_and_writes_a_dpt_folder(shipped, tmp_path):
+    bundle = load_bundle(shipped)
     before = {k: v.clone() for k, v in bundle.unet.state_dict().items()}
     summary = train_dpt(tmp_path / "run", bundle, ShapesSource(), probe_config(), settings(),
                         show_progress=False)
@@ -53,11 +59,11 @@ def test_probe_trains_heads_only_and_writes_a_dpt_folder(tiny_model, tmp_path):
     assert [r["step"] for r in logged] == [0, 3]
 
 
-def test_tune_trains_lora_and_heads_from_the_probe(tiny_model, tmp_path):
-    run(tiny_model, tmp_path / "probe", probe_config("caption"), settings())
+def test_tune_trains_lora_and_heads_from_the_probe(shipped, tmp_path):
+    run(shipped, tmp_path / "probe", probe_config("caption"), settings())
     init, config = load_dpt(tmp_path / "probe" / "final")
     config.lora = LoraSettings(rank=2, alpha=2.0)
-    summary = run(tiny_model, tmp_path / "tune", config,
+    summary = run(shipped, tmp_path / "tune", config,
                   settings(stage="tune", steps=3, mse_weight=1.0), init_heads=init)
     assert summary["final_losses"]["mse"] > 0
     lora = load_file(tmp_path / "tune" / "final" / "lora.safetensors")
@@ -67,20 +73,41 @@ def test_tune_trains_lora_and_heads_from_the_probe(tiny_model, tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
-def test_gradient_accumulation_takes_one_update_per_step(tiny_model, tmp_path):
-    run(tiny_model, tmp_path / "run", probe_config(), settings(steps=2, batch=2, grad_accum=3))
+@pytest.mark.parametrize("condition, ground_condition, passes", [
+    ("empty", "empty", 1), ("empty", "expression", 2), ("caption", "expression", 2)])
+def test_feature_passes_follow_the_conditions(shipped, tmp_path, monkeypatch, condition,
+                                              ground_condition, passes):
+    seen = []
+    real = train_module.unet_features
+
+    def spy(unet, config, latents, t, states):
+        seen.append(states.detach().clone())
+        return real(unet, config, latents, t, states)
+
+    monkeypatch.setattr(train_module, "unet_features", spy)
+    run(shipped, tmp_path / "run", probe_config(condition, ground_condition),
+        settings(steps=1))
+    assert len(seen) == passes
+    empty_first = torch.allclose(seen[0], seen[0][:1].expand_as(seen[0]))
+    assert empty_first == (condition == "empty")  # one empty prompt for every sample
+    if passes == 2:
+        assert not torch.allclose(seen[1], seen[1][:1].expand_as(seen[1]))  # expressions
+
+
+def test_gradient_accumulation_takes_one_update_per_step(shipped, tmp_path):
+    run(shipped, tmp_path / "run", probe_config(), settings(steps=2, batch=2, grad_accum=3))
     optim = load_file(tmp_path / "run" / "step-00000002" / "optimizer.optim.safetensors")
     steps = {float(v) for k, v in optim.items() if k.endswith(".step")}
     assert steps == {2.0}
 
 
 @pytest.mark.parametrize("stage", ["probe", "tune"])
-def test_killed_run_resumes_to_identical_weights(tiny_model, tmp_path, monkeypatch, stage):
+def test_killed_run_resumes_to_identical_weights(shipped, tmp_path, monkeypatch, stage):
     config = probe_config()
     if stage == "tune":
         config.lora = LoraSettings(rank=2, alpha=2.0, targets="all")
     s = settings(stage=stage, steps=4)
-    run(tiny_model, tmp_path / "reference", config, s)
+    run(shipped, tmp_path / "reference", config, s)
 
     real_step = train_module._optimizer_step
     taken = []
@@ -94,10 +121,10 @@ def test_killed_run_resumes_to_identical_weights(tiny_model, tmp_path, monkeypat
 
     monkeypatch.setattr(train_module, "_optimizer_step", killed_at_3)
     with pytest.raises(KeyboardInterrupt):
-        run(tiny_model, tmp_path / "run", config, s)
+        run(shipped, tmp_path / "run", config, s)
     assert taken == [0, 1, 2] and (tmp_path / "run" / "latest").read_text() == "step-00000002"
     monkeypatch.setattr(train_module, "_optimizer_step", real_step)
-    summary = run(tiny_model, tmp_path / "run", config, s)
+    summary = run(shipped, tmp_path / "run", config, s)
     assert summary["steps_this_run"] == 2
     assert_identical(tmp_path / "reference" / "final", tmp_path / "run" / "final")
     assert_identical(tmp_path / "reference" / "step-00000004", tmp_path / "run" / "step-00000004")

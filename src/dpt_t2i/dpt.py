@@ -6,13 +6,19 @@ A *DPT folder* holds everything the discriminative side needs on top of a base m
     heads.safetensors     adapter weights and the matching temperature
     lora.safetensors      the U-Net's LoRA weights (PEFT keys), stage 2 only
 
-Text conditioning of the features (`condition`):
-- "empty": the U-Net sees the empty prompt when it makes the features, so the features
-  depend on the image alone; one U-Net pass scores an image against any number of texts,
-  and the matching score cannot be won by reading the text back out of the conditioning.
+Text conditioning of the features the matching head reads (`condition`):
+- "empty": the U-Net sees the empty prompt, so the features depend on the image alone; one
+  U-Net pass scores an image against any number of texts, and the matching score cannot be
+  won by reading the text back out of the conditioning.
 - "caption": the U-Net sees the text being scored (as the paper's pipeline does at
-  sampling time); for grounding it sees the referring expression. Scoring an image against
-  T texts then costs T U-Net passes.
+  sampling time). Scoring an image against T texts then costs T U-Net passes.
+
+and of the features the grounding head reads (`ground_condition`):
+- "expression": the U-Net sees the referring expression, so its cross-attention tells the
+  features which object is meant (the box must still be found in the image, so reading
+  the text back wins nothing);
+- "empty": the grounding head shares the matching pass's empty-prompt features and must
+  tell objects apart by its semantic vectors alone.
 """
 
 from __future__ import annotations
@@ -35,13 +41,15 @@ from .lora import LoraSettings, LoraWeights, add_lora
 from .losses import MatchingLoss, matching_scores
 
 CONDITIONS = ("empty", "caption")
+GROUND_CONDITIONS = ("expression", "empty")
 CONFIG_FILE, HEADS_FILE, LORA_FILE = "dpt_config.json", "heads.safetensors", "lora.safetensors"
 
 
 @dataclass
 class DPTConfig:
     block: str = "up1"          # Shapes U-Net: the 8x8, 128-channel up block (see RECIPE)
-    condition: str = "empty"    # see the module docstring
+    condition: str = "empty"    # matching features; see the module docstring
+    ground_condition: str = "expression"  # grounding features; measured in docs/dpt-shapes.md
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     lora: LoraSettings | None = None  # None until stage 2 adds LoRA
 
@@ -49,9 +57,13 @@ class DPTConfig:
         if self.condition not in CONDITIONS:
             raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}, "
                              f"got {self.condition!r}")
+        if self.ground_condition not in GROUND_CONDITIONS:
+            raise ValueError(f"ground_condition must be one of {', '.join(GROUND_CONDITIONS)}, "
+                             f"got {self.ground_condition!r}")
 
     def to_dict(self) -> dict:
         return {"block": self.block, "condition": self.condition,
+                "ground_condition": self.ground_condition,
                 "adapter": asdict(self.adapter),
                 "lora": self.lora.to_dict() if self.lora else None}
 
@@ -59,6 +71,7 @@ class DPTConfig:
     def from_dict(cls, data: dict) -> "DPTConfig":
         lora = LoraSettings(**data["lora"]) if data.get("lora") else None
         return cls(block=data["block"], condition=data["condition"],
+                   ground_condition=data["ground_condition"],
                    adapter=AdapterConfig(**data["adapter"]), lora=lora)
 
 

@@ -153,7 +153,7 @@ class DPTObjective(nn.Module):
         if not bool(has.any()):
             zero = out["ground_logits"].sum() * 0.0
             return {k: zero for k in DEFAULT_GROUNDING_WEIGHTS}
-        if self.config.condition == "caption":  # a pass conditioned on the expression
+        if self.config.ground_condition == "expression":  # a pass conditioned on the expression
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.unet_trains):
                 feats = unet_features(self.unet, self.config, noisy[has], t[has],
                                       inputs["ref_states"][has])
@@ -166,7 +166,7 @@ class DPTObjective(nn.Module):
 
 
 @torch.no_grad()
-def prepare_inputs(parts: "FrozenParts", samples: list[DPTSample], condition: str,
+def prepare_inputs(parts: "FrozenParts", samples: list[DPTSample], config: DPTConfig,
                    need_caption_states: bool) -> tuple[Tensor, dict[str, Tensor]]:
     """Latents and text tensors of a batch from the frozen VAE and text encoder.
 
@@ -188,8 +188,8 @@ def prepare_inputs(parts: "FrozenParts", samples: list[DPTSample], condition: st
               "boxes": batch["boxes"].to(device), "has_ref": batch["has_ref"].to(device)}
     caption_states = hidden[:n]
     empty_states = hidden[-1:].expand(n, -1, -1)
-    inputs["states"] = caption_states if condition == "caption" else empty_states
-    if condition == "caption":
+    inputs["states"] = caption_states if config.condition == "caption" else empty_states
+    if config.ground_condition == "expression":
         inputs["ref_states"] = hidden[n + n * k:n + n * k + n]
     if need_caption_states:
         inputs["caption_states"] = caption_states
@@ -324,7 +324,7 @@ def _optimizer_step(accelerator, objective, optimizer, parts: FrozenParts, sourc
         gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + slot)
         torch.manual_seed(settings.seed * 7_919 + slot)  # dropout of this micro-step
         samples = draw_samples(source, slot * settings.batch, settings.batch)
-        latents, inputs = prepare_inputs(parts, samples, config.condition,
+        latents, inputs = prepare_inputs(parts, samples, config,
                                          need_caption_states=settings.mse_weight > 0)
         noise = torch.randn(latents.shape, generator=gen).to(latents.device)
         t = torch.randint(settings.t_min, settings.t_max, (len(samples),), generator=gen)

@@ -28,7 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     probe.add_argument("--block", default="up1", metavar="NAME",
                        help="U-Net block to read: down0.., mid, up0.. (default up1)")
     probe.add_argument("--condition", choices=["empty", "caption"], default="empty",
-                       help="text the U-Net sees when it makes the features (default empty)")
+                       help="text the U-Net sees when it makes the matching features "
+                       "(default empty)")
+    probe.add_argument("--ground-condition", choices=["expression", "empty"],
+                       default="expression", help="text the U-Net sees when it makes the "
+                       "grounding features (default expression: the referring expression)")
     probe.add_argument("--d-model", type=int, default=128, help="adapter width (default 128)")
     probe.add_argument("--ground-queries", type=int, default=16,
                        help="grounding queries N-M (default 16)")
@@ -155,8 +159,23 @@ def _dpt_config(args: argparse.Namespace, bundle):
         text_dim=bundle.text_encoder.config.hidden_size, d_model=args.d_model,
         n_heads=max(1, args.d_model // 32), ffn_dim=4 * args.d_model,
         n_ground_queries=args.ground_queries,
-        max_hw=max(16, int(bundle.unet.config.sample_size)))
-    return DPTConfig(block=args.block, condition=args.condition, adapter=adapter), None
+        max_hw=max(16, latent_side(bundle, args)))
+    return DPTConfig(block=args.block, condition=args.condition,
+                     ground_condition=args.ground_condition, adapter=adapter), None
+
+
+def image_side(bundle, args: argparse.Namespace) -> int:
+    """Pixels per image side the run feeds the VAE: the Shapes canvas or --resolution."""
+    from ..data.shapes.world import CANVAS
+
+    if getattr(args, "coco_captions", None) is None:
+        return CANVAS
+    return args.resolution or 8 * int(bundle.unet.config.sample_size)
+
+
+def latent_side(bundle, args: argparse.Namespace) -> int:
+    """Latent side for those images: the VAE halves the side once per extra level."""
+    return image_side(bundle, args) // 2 ** (len(bundle.vae.config.block_out_channels) - 1)
 
 
 def block_channels(unet, name: str) -> int:
@@ -194,7 +213,7 @@ def _source(args: argparse.Namespace, bundle, settings):
     from ..data.real import RealDPTData
     from ..data.refcoco import read_refcoco
 
-    resolution = args.resolution or 8 * int(bundle.unet.config.sample_size)
+    resolution = image_side(bundle, args)
     captioned = read_coco_captions(args.coco_captions, args.coco_images)
     refs = (read_refcoco(args.refcoco_refs, args.refcoco_instances, args.coco_images, {"train"})
             if args.refcoco_refs else None)

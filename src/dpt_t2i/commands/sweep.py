@@ -60,7 +60,7 @@ def _probe_and_evaluate(args: argparse.Namespace, model: Path, block: str) -> di
     from ..dpt import DPTConfig, load_dpt
     from ..eval.discriminative import DiscriminativeScorer, evaluate_shapes
     from ..train import ShapesSource, TrainSettings, train_dpt
-    from .dpt_train import block_channels
+    from .dpt_train import block_channels, latent_side
 
     run_dir = args.run_dir / block
     cached = run_dir / "eval.json"
@@ -71,7 +71,7 @@ def _probe_and_evaluate(args: argparse.Namespace, model: Path, block: str) -> di
         config = DPTConfig(block=block, condition=args.condition, adapter=AdapterConfig(
             feature_dim=block_channels(bundle.unet, block),
             text_dim=bundle.text_encoder.config.hidden_size,
-            max_hw=max(16, int(bundle.unet.config.sample_size))))
+            max_hw=max(16, latent_side(bundle, args))))
         print(f"probing {block}")
         train_dpt(run_dir, bundle, ShapesSource(seed=args.seed), config,
                   TrainSettings(stage="probe", steps=args.steps, batch=args.batch, seed=args.seed))

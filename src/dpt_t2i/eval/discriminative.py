@@ -135,7 +135,7 @@ class DiscriminativeScorer:
         boxes = []
         for i in range(0, len(latents), CHUNK):
             lat = latents[i:i + CHUNK]
-            states = (hidden[i:i + len(lat)] if self.config.condition == "caption"
+            states = (hidden[i:i + len(lat)] if self.config.ground_condition == "expression"
                       else hidden[-1:].expand(len(lat), -1, -1))
             out = self._heads_out(lat, states)
             choice = rec_choice(out, pooled[i:i + len(lat)])

@@ -1,0 +1,61 @@
+"""Can a DPT matching score be won by reading the text back out of the U-Net's condition?
+
+For a DPT folder trained with `--condition caption` (the U-Net sees the scored text), image-
+to-text accuracy on Shapes ITM items (1 caption vs 3 hard negatives) under three protocols:
+
+- fair:   each candidate text is scored on features made under that same text;
+- leaked: all four candidates are scored on features made under the true caption;
+- misled: all four are scored on features made under the first hard negative.
+
+If the score reads the condition, "leaked" is near 1 and "misled" near 0 whatever the image
+shows; a score that reads the image gives similar figures under all three. For a DPT folder
+trained with `--condition empty` the three protocols coincide by construction.
+
+    python bench/condition_readback.py --dpt runs/probe-caption/final [--n 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from dpt_t2i.bundle import default_model_path, load_bundle
+from dpt_t2i.dpt import load_dpt
+from dpt_t2i.eval.discriminative import DiscriminativeScorer, shapes_itm_item
+from dpt_t2i.losses import matching_scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dpt", required=True)
+    parser.add_argument("--model", default=str(default_model_path()))
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--split", default="ood")
+    parser.add_argument("--timestep", type=int, default=100)
+    args = parser.parse_args()
+    bundle = load_bundle(args.model)
+    heads, config = load_dpt(args.dpt, bundle.unet)
+    scorer = DiscriminativeScorer(bundle, heads, config, args.timestep, seed=1)
+    items = [shapes_itm_item(1, i, args.split) for i in range(args.n)]
+    latents = scorer.noisy_latents([it.images[0] for it in items])  # (N, C, h, w)
+    right = {"fair": 0, "leaked": 0, "misled": 0}
+    with torch.no_grad():
+        for k, item in enumerate(items):
+            pooled, hidden = scorer._texts(item.texts)  # (4, D), (4, L, D)
+            lat = latents[k:k + 1].expand(4, -1, -1, -1)
+            fair = torch.diagonal(matching_scores(
+                scorer._heads_out(lat, hidden)["match_embeds"], pooled))
+            leaked = matching_scores(scorer._heads_out(lat[:1], hidden[:1])["match_embeds"], pooled)[0]
+            misled = matching_scores(scorer._heads_out(lat[:1], hidden[1:2])["match_embeds"], pooled)[0]
+            for name, s in (("fair", fair), ("leaked", leaked), ("misled", misled)):
+                right[name] += int(s[0] > s[1:].max())
+    print(f"condition={config.condition} block={config.block} t={args.timestep} "
+          f"split={args.split} n={args.n}")
+    for name, count in right.items():
+        print(f"  image-to-text accuracy, {name:<7} {count / args.n:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""`dpt probe`, `dpt tune`, `dpt evaluate-disc` and `dpt sweep-blocks` end to end on a tiny model."""
+
+import json
+
+import pytest
+
+from dpt_t2i.cli import main
+
+
+def dpt(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+def test_probe_tune_evaluate_on_a_tiny_model(tiny_model, tmp_path, capsys):
+    common = ["--model", tiny_model, "--steps", 2, "--batch", 2, "--checkpoint-every", 1]
+    assert dpt("probe", "--run-dir", tmp_path / "p", "--block", "up0", "--d-model", 32,
+               "--ground-queries", 4, *common) == 0
+    assert (tmp_path / "p" / "final" / "dpt_config.json").is_file()
+    assert dpt("tune", "--run-dir", tmp_path / "t", "--init", tmp_path / "p" / "final",
+               "--lora-targets", "all", "--mse-weight", 0.5, *common) == 0
+    config = json.loads((tmp_path / "t" / "final" / "dpt_config.json").read_text())
+    assert config["lora"] == {"rank": 4, "alpha": 4.0, "targets": "all"}
+    assert config["training"]["stage"] == "tune"
+    capsys.readouterr()
+    assert dpt("evaluate-disc", "--dpt", tmp_path / "t" / "final", "--model", tiny_model,
+               "--n-itm", 4, "--n-rec", 4, "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["itm"]) == {"id", "ood"} and set(result["rec"]) == {"id", "ood"}
+    assert set(result["itm"]["ood"]) == {"i2t", "t2i", "overall", "n"}
+    assert result["rec"]["id"]["n"] == 4 and 0 <= result["rec"]["id"]["acc"] <= 1
+    assert dpt("evaluate-disc", "--dpt", tmp_path / "t" / "final", "--model", tiny_model,
+               "--n-itm", 4, "--n-rec", 0) == 0
+    assert "image-text matching" in capsys.readouterr().out
+
+
+def test_a_resumed_run_must_be_the_same_run(tiny_model, tmp_path, capsys):
+    args = ["probe", "--run-dir", tmp_path / "p", "--model", tiny_model, "--block", "up0",
+            "--d-model", 32, "--steps", 1, "--batch", 2]
+    assert dpt(*args) == 0
+    capsys.readouterr()
+    assert dpt(*args[:-2], "--batch", 3) == 2
+    assert "holds a different run (settings.batch differ)" in capsys.readouterr().err
+    assert dpt(*args[:-2], "--batch", 3, "--resume", "no") == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--block", "up9"], "unknown --block 'up9'; this U-Net has down0, down1, mid, up0, up1"),
+    (["--t-min", "10", "--t-max", "10"], "need 0 <= --t-min < --t-max <= 1000"),
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--lr", "nan"], "--lr must be a finite number >= 0"),
+    (["--coco-captions", "x.json"], "give both --coco-captions and --coco-images"),
+    (["--refcoco-refs", "r.p", "--refcoco-instances", "i.json"], "RefCOCO files need --coco-captions"),
+])
+def test_probe_input_errors(tiny_model, tmp_path, capsys, argv, message):
+    assert dpt("probe", "--run-dir", tmp_path / "p", "--model", tiny_model, *argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_tune_needs_a_probe_folder(tiny_model, tmp_path, capsys):
+    assert dpt("tune", "--run-dir", tmp_path / "t", "--model", tiny_model,
+               "--init", tmp_path) == 2
+    assert "--init: " in capsys.readouterr().err
+    assert dpt("evaluate-disc", "--dpt", tmp_path, "--model", tiny_model) == 2
+    assert "has no dpt_config.json" in capsys.readouterr().err
+
+
+def test_tune_refuses_an_adapter_of_another_model(tiny_model, tmp_path, capsys):
+    assert dpt("probe", "--run-dir", tmp_path / "p", "--steps", 1, "--batch", 2) == 0  # shipped
+    capsys.readouterr()
+    assert dpt("tune", "--run-dir", tmp_path / "t", "--model", tiny_model,
+               "--init", tmp_path / "p" / "final") == 2
+    assert "was trained for another model" in capsys.readouterr().err
+
+
+def test_sweep_blocks_writes_table_and_plot(tiny_model, tmp_path, capsys):
+    from PIL import Image
+
+    assert dpt("sweep-blocks", "--run-dir", tmp_path, "--model", tiny_model, "--blocks",
+               "mid,up0", "--steps", 1, "--batch", 2, "--n-itm", 2, "--n-rec", 2) == 0
+    table = (tmp_path / "sweep.md").read_text()
+    assert "| mid |" in table and "| up0 |" in table
+    assert Image.open(tmp_path / "sweep.png").size[0] > 100
+    assert (tmp_path / "up0" / "eval.json").is_file()
+    assert dpt("sweep-blocks", "--run-dir", tmp_path, "--model", tiny_model,
+               "--blocks", "up7") == 2
