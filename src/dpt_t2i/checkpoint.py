@@ -13,7 +13,9 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,8 +28,7 @@ def save_checkpoint(run_dir: Path, step: int, modules: dict[str, torch.nn.Module
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=run_dir))
-    try:
+    with atomic_folder(final) as tmp:
         for name, module in modules.items():
             state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
             save_file(state, tmp / f"{name}.safetensors")
@@ -35,12 +36,6 @@ def save_checkpoint(run_dir: Path, step: int, modules: dict[str, torch.nn.Module
             tensors, meta = _flatten_optimizer(opt)
             save_file(tensors, tmp / f"{name}.optim.safetensors", metadata={"state": json.dumps(meta)})
         (tmp / "state.json").write_text(json.dumps({"step": step, **(extra or {})}, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _write_atomic(run_dir / "latest", final.name)
     # Later steps than this one were left by a run that was started over: stale, not newer.
     others = sorted(p for p in run_dir.glob("step-*") if p != final)
@@ -49,6 +44,25 @@ def save_checkpoint(run_dir: Path, step: int, modules: dict[str, torch.nn.Module
     for old in stale + older[:max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+@contextmanager
+def atomic_folder(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `final`; on success it replaces `final` in one rename.
+
+    On any exception the temporary folder is removed and `final` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -24,9 +24,6 @@ and of the features the grounding head reads (`ground_condition`):
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .adapter import AdapterConfig, build_adapter
+from .checkpoint import atomic_folder
 from .features import tap
 from .lora import LoraSettings, LoraWeights, add_lora
 from .losses import MatchingLoss, matching_scores
@@ -132,9 +130,7 @@ def save_dpt(folder: Path, heads: DPTHeads, config: DPTConfig, unet: nn.Module |
         extra: JSON-able facts recorded in dpt_config.json under "training".
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         save_file({k: v.detach().float().contiguous().cpu() for k, v in heads.state_dict().items()},
                   tmp / HEADS_FILE)
         if config.lora is not None:
@@ -144,12 +140,6 @@ def save_dpt(folder: Path, heads: DPTHeads, config: DPTConfig, unet: nn.Module |
                       tmp / LORA_FILE)
         data = {**config.to_dict(), "training": extra or {}}
         (tmp / CONFIG_FILE).write_text(json.dumps(data, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
