@@ -43,7 +43,7 @@ def main() -> None:
     right = {"fair": 0, "leaked": 0, "misled": 0}
     with torch.no_grad():
         for k, item in enumerate(items):
-            pooled, hidden = scorer._texts(item.texts)  # (4, D), (4, L, D)
+            pooled, hidden = scorer.match_texts(item.texts)  # (4, D), (4, L, D)
             lat = latents[k:k + 1].expand(4, -1, -1, -1)
             fair = torch.diagonal(matching_scores(
                 scorer._heads_out(lat, hidden)["match_embeds"], pooled))

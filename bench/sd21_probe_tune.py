@@ -47,13 +47,27 @@ TEXT_DIM, TEXT_LEN = 1024, 77  # OpenCLIP-H (stood in for by random tensors)
 
 def fake_batch(batch: int, side: int, n_negatives: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Random z_t (B, 4, side, side), timesteps (B,) and `prepare_inputs`-shaped text tensors."""
-    boxes = torch.cat([torch.rand(batch, 2) * 0.5 + 0.25, torch.rand(batch, 2) * 0.4 + 0.1], 1)
+    def boxes() -> torch.Tensor:  # (B, 4) cxcywh in (0, 1)
+        return torch.cat([torch.rand(batch, 2) * 0.5 + 0.25, torch.rand(batch, 2) * 0.4 + 0.1], 1)
+
+    def tokens(*lead: int) -> tuple[torch.Tensor, torch.Tensor]:  # states and real-token mask
+        mask = torch.arange(TEXT_LEN) < 12  # a 10-word text between start and end tokens
+        return torch.randn(*lead, TEXT_LEN, TEXT_DIM), mask.expand(*lead, TEXT_LEN)
+
+    ref_tokens, ref_mask = tokens(batch)
+    caption_tokens, caption_mask = tokens(batch)
+    negative_tokens, negative_mask = tokens(batch, n_negatives)
+    objects = torch.stack([boxes(), boxes(), boxes()], 1)  # the referred object and 2 others
     inputs = {"states": torch.randn(batch, TEXT_LEN, TEXT_DIM),
               "caption_states": torch.randn(batch, TEXT_LEN, TEXT_DIM),
+              "ref_states": ref_tokens, "ref_tokens": ref_tokens, "ref_mask": ref_mask,
+              "caption_tokens": caption_tokens, "caption_mask": caption_mask,
+              "negative_tokens": negative_tokens, "negative_mask": negative_mask,
               "caption_embeds": torch.randn(batch, TEXT_DIM),
               "negative_embeds": torch.randn(batch, n_negatives, TEXT_DIM),
               "ref_embeds": torch.randn(batch, TEXT_DIM),
-              "boxes": boxes,  # (B, 4) cxcywh in (0, 1)
+              "boxes": objects[:, 0], "object_boxes": objects,
+              "object_mask": torch.ones(batch, 3, dtype=torch.bool),
               "has_ref": torch.ones(batch, dtype=torch.bool),
               "noise": torch.randn(batch, 4, side, side)}
     return torch.randn(batch, 4, side, side), torch.randint(0, 1000, (batch,)), inputs

@@ -73,10 +73,18 @@ def test_timestep_changes_outputs(adapter):
         assert not torch.allclose(a[key], b[key], atol=1e-5), key
 
 
+def _tokens(B=2, L=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.tensor([[True] * 3 + [False] * (L - 3), [True] * L])[:B]
+    return torch.randn(B, L, TINY.text_dim, generator=g), mask
+
+
 def test_gradients_reach_features_and_every_parameter(adapter):
     x = _features(4, 2).requires_grad_(True)
-    out = adapter.train()(x, torch.tensor([10, 900]))
-    sum(v.square().sum() for v in out.values()).backward()
+    t = torch.tensor([10, 900])
+    out = adapter.train()(x, t)
+    grounded = adapter(x, t, *_tokens())
+    sum(v.square().sum() for v in [*out.values(), *grounded.values()]).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     missing = [n for n, p in adapter.named_parameters() if p.grad is None]
     assert not missing, missing
@@ -156,3 +164,58 @@ def test_end_to_end_on_the_shipped_shapes_model():
     assert out["ground_boxes"].shape == (2, 16, 4)
     assert out["ground_embeds"].shape == (2, 16, 128)
     assert score(adapter, features, t, text).shape == (2,)
+
+
+def test_grounding_reads_the_words_and_ignores_padding(adapter):
+    x, t = _features(), torch.tensor([10, 900])
+    words, mask = _tokens()
+    with torch.no_grad():
+        base = adapter(x, t, words, mask)
+        other = words.clone()
+        other[0, 0] += 1.0  # a real token of image 0 changes
+        changed = adapter(x, t, other, mask)
+        padded = words.clone()
+        padded[0, 3:] = 100.0  # only padding of image 0 changes
+        same = adapter(x, t, padded, mask)
+    assert not torch.allclose(base["ground_logits"][0], changed["ground_logits"][0], atol=1e-5)
+    torch.testing.assert_close(base["ground_logits"][1], changed["ground_logits"][1])
+    for key in base:
+        torch.testing.assert_close(base[key], same[key], atol=1e-5, rtol=1e-5)
+
+
+def test_an_adapter_built_without_ground_text_refuses_tokens():
+    from dataclasses import replace
+
+    adapter = build_adapter(replace(TINY, ground_text=False))
+    assert not any(n.startswith("text_") for n, _ in adapter.named_parameters())
+    with pytest.raises(ValueError, match="ground_text"):
+        adapter(_features(), torch.tensor([10, 900]), *_tokens())
+
+
+def test_text_head_starts_at_the_pooled_state_and_learns_from_the_tokens():
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    adapter = build_adapter(replace(TINY, match_text="tokens"))
+    pooled = torch.randn(3, TINY.text_dim)
+    words, mask = _tokens(B=2)
+    states = torch.cat([words, words[:1]])
+    mask = torch.cat([mask, mask[:1]])
+    pooled[2] = pooled[0]  # text 2 is text 0 again
+    torch.testing.assert_close(adapter.text(pooled, states, mask), pooled)
+    torch.nn.init.normal_(adapter.text_head.out.weight)
+    y = adapter.text(pooled, states, mask)
+    assert not torch.allclose(y, pooled)
+    assert torch.equal(y[0], y[2])  # identical texts, identical embeddings
+    other = states.clone()
+    other[0, 4] += 1.0  # padding of text 0: no effect
+    torch.testing.assert_close(adapter.text(pooled, other, mask)[0], y[0])
+    with pytest.raises(ValueError, match="token states"):
+        adapter.text(pooled)
+
+
+def test_a_pooled_text_adapter_returns_the_pooled_state():
+    pooled = torch.randn(2, TINY.text_dim)
+    assert build_adapter(TINY).text(pooled) is pooled
+    with pytest.raises(ValueError, match="match_text must be one of pooled, tokens"):
+        AdapterConfig(match_text="mean")

@@ -108,6 +108,52 @@ def test_perfect_matched_prediction_gives_zero_box_losses():
     assert losses["loss_giou"].item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_assignment_is_one_to_one_over_the_scene_objects():
+    # Query 1 sits on the referred object (slot 0) and query 2 on the other; query 0 is
+    # nearest to neither. A third, padded slot must be ignored.
+    boxes = torch.tensor([[[0.1, 0.1, 0.1, 0.1], [0.5, 0.5, 0.2, 0.2], [0.8, 0.2, 0.2, 0.2]]])
+    objects = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.8, 0.2, 0.2, 0.2], [0.0, 0.0, 0.0, 0.0]]])
+    mask = torch.tensor([[True, True, False]])
+    ref, b_idx, q_idx, matched = GroundingMatcher().assign(torch.zeros(1, 3), boxes, objects, mask)
+    assert ref.tolist() == [1]
+    order = q_idx.argsort()
+    assert q_idx[order].tolist() == [1, 2]
+    torch.testing.assert_close(matched[order], objects[0, :2])
+    assert b_idx.tolist() == [0, 0]
+
+
+def test_one_query_cannot_serve_two_objects():
+    # Both objects lie nearest query 0; the assignment still gives each its own query, and
+    # the referred object keeps the query whose probability is highest among equals.
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.9, 0.9, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1]]])
+    objects = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.52, 0.5, 0.2, 0.2]]])
+    logits = torch.tensor([[0.0, -5.0, 5.0]])
+    ref, _, q_idx, _ = GroundingMatcher().assign(logits, boxes, objects)
+    assert len(set(q_idx.tolist())) == 2
+    assert ref.tolist() == [0]
+
+
+def test_every_object_counts_in_the_box_losses():
+    # Referred object predicted exactly; the other object's query is off by 0.1 in x:
+    # mean L1 over the two objects = 0.05, while the referred-only loss would be 0.
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.3, 0.2, 0.2, 0.2]]])
+    objects = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.2, 0.2, 0.2, 0.2]]])
+    targets = {"boxes": objects[:, 0], "text_embeds": torch.randn(1, 4)}
+    alone, _ = GroundingCriterion(GroundingMatcher())(_outputs(boxes), targets)
+    scene, indices = GroundingCriterion(GroundingMatcher())(
+        _outputs(boxes), {**targets, "object_boxes": objects,
+                          "object_mask": torch.tensor([[True, True]])})
+    assert indices.tolist() == [0]
+    assert alone["loss_l1"].item() == pytest.approx(0.0, abs=1e-6)
+    assert scene["loss_l1"].item() == pytest.approx(0.05, abs=1e-6)
+    assert scene["loss_giou"].item() > 0
+
+
+def test_more_objects_than_queries_is_an_error():
+    with pytest.raises(ValueError, match="3 objects per image but only 2"):
+        GroundingMatcher().assign(torch.zeros(1, 2), torch.rand(1, 2, 4), torch.rand(1, 3, 4))
+
+
 def test_box_losses_known_values():
     # Matched box shifted by 0.1 in x: L1 = 0.1; xyxy [0.1,0.4,0.3,0.6] vs [0.0,0.4,0.2,0.6]
     # -> IoU = 0.02/0.06 = 1/3, enclosing = union -> GIoU 1/3, loss 2/3.

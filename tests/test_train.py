@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from dpt_t2i import train as train_module
 from dpt_t2i.adapter import AdapterConfig
 from dpt_t2i.bundle import default_model_path, load_bundle
-from dpt_t2i.dpt import DPTConfig, load_dpt
+from dpt_t2i.dpt import DPTConfig, DPTHeads, load_dpt
 from dpt_t2i.lora import LoraSettings
 from dpt_t2i.train import ShapesSource, TrainSettings, draw_samples, train_dpt
 
@@ -92,6 +92,20 @@ def test_feature_passes_follow_the_conditions(shipped, tmp_path, monkeypatch, co
     assert empty_first == (condition == "empty")  # one empty prompt for every sample
     if passes == 2:
         assert not torch.allclose(seen[1], seen[1][:1].expand_as(seen[1]))  # expressions
+
+
+@pytest.mark.parametrize("ground_condition", ["expression", "empty"])
+def test_text_reading_parts_of_the_adapter_train(shipped, tmp_path, ground_condition):
+    from dataclasses import replace
+
+    config = probe_config(ground_condition=ground_condition)
+    config.adapter = replace(ADAPTER, ground_text=True, match_text="tokens")
+    run(shipped, tmp_path / "run", config, settings(steps=2, checkpoint_every=5))
+    heads = load_file(tmp_path / "run" / "final" / "heads.safetensors")
+    assert heads["adapter.text_head.out.weight"].abs().sum() > 0  # zero at the start
+    torch.manual_seed(0)
+    fresh = DPTHeads(config.adapter).state_dict()
+    assert not torch.equal(fresh["adapter.text_proj.weight"], heads["adapter.text_proj.weight"])
 
 
 def test_gradient_accumulation_takes_one_update_per_step(shipped, tmp_path):

@@ -81,7 +81,19 @@ class DPTHeads(nn.Module):
         self.adapter = build_adapter(adapter_config)
         self.matching = MatchingLoss()
 
-    def forward(self, features: torch.Tensor, timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, features: torch.Tensor, timesteps: torch.Tensor,
+                text_states: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.adapter(features, timesteps, text_states, text_mask)
+
+    def ground(self, features: torch.Tensor, timesteps: torch.Tensor, ref_states: torch.Tensor,
+               ref_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Grounding outputs for expressions with token states (B, L, D) and mask (B, L).
+
+        The tokens are read only when the adapter has `ground_text`.
+        """
+        if self.adapter.ground_text:
+            return self.adapter(features, timesteps, ref_states, ref_mask)
         return self.adapter(features, timesteps)
 
 

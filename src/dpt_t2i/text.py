@@ -21,6 +21,11 @@ def tokenize(tokenizer, texts: Sequence[str]):
                      truncation=True, return_tensors="pt")
 
 
+def text_mask(tokenizer, texts: Sequence[str]) -> torch.Tensor:
+    """(B, L) bool, True on each text's real tokens (start, words, end), False on padding."""
+    return tokenize(tokenizer, texts).attention_mask.bool()
+
+
 @torch.no_grad()
 def encode_texts(text_encoder, tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Both text views DPT uses, for a frozen text encoder; each distinct text encoded once.

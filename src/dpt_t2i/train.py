@@ -32,7 +32,7 @@ from .features import tap_with_output
 from .lora import LoraWeights, add_lora
 from .losses import DEFAULT_GROUNDING_WEIGHTS, GroundingCriterion, GroundingMatcher
 from .shapes_model.loop import cosine_lr
-from .text import encode_texts
+from .text import encode_texts, text_mask
 
 STAGES = ("probe", "tune")
 
@@ -43,7 +43,7 @@ class TrainSettings:
     steps: int = 2000
     batch: int = 64              # samples per process per micro-step
     grad_accum: int = 1          # micro-steps per optimizer step
-    lr: float = 3e-4             # adapter and heads
+    lr: float = 1e-3             # adapter and heads (3e-4 trained boxes far slower)
     lora_lr: float = 1e-4        # LoRA (stage 2)
     warmup: int = 100
     t_min: int = 0               # training timesteps are drawn from [t_min, t_max)
@@ -127,16 +127,16 @@ class DPTObjective(nn.Module):
         losses: dict[str, Tensor] = {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.unet_trains):
             if self.weights["mse"] > 0 and self.config.condition == "caption":
-                feats, eps = tap_with_output(self.unet, self.config.block, noisy, t, inputs["states"])
+                feats, eps = tap_with_output(self.unet, self.config.block, noisy, t,
+                                             inputs["states"])
                 losses["mse"] = F.mse_loss(eps.float(), inputs["noise"])
             else:
                 feats = unet_features(self.unet, self.config, noisy, t, inputs["states"])
                 if self.weights["mse"] > 0:  # a separate caption-conditioned pass
                     eps = self.unet(noisy, t, inputs["caption_states"]).sample
                     losses["mse"] = F.mse_loss(eps.float(), inputs["noise"])
-        out = self.heads(feats, t)
-        losses["match"] = self.heads.matching(out["match_embeds"], inputs["caption_embeds"],
-                                              inputs["negative_embeds"])
+        out = {**self.heads(feats, t), "features": feats}
+        losses["match"] = self.heads.matching(out["match_embeds"], *self._match_texts(inputs))
         ground = self._grounding(out, noisy, t, inputs)
         losses.update(ground)
         total = self.weights["match"] * losses["match"]
@@ -146,6 +146,17 @@ class DPTObjective(nn.Module):
             total = total + self.weights["mse"] * losses["mse"]
         losses["loss"] = total
         return losses
+
+    def _match_texts(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """text(y) of the captions (B, D) and of their hard negatives (B, K, D)."""
+        if self.heads.adapter.text_head is None:
+            return inputs["caption_embeds"], inputs["negative_embeds"]
+        n, k = inputs["negative_embeds"].shape[:2]
+        texts = self.heads.adapter.text(
+            torch.cat([inputs["caption_embeds"], inputs["negative_embeds"].flatten(0, 1)]),
+            torch.cat([inputs["caption_tokens"], inputs["negative_tokens"].flatten(0, 1)]),
+            torch.cat([inputs["caption_mask"], inputs["negative_mask"].flatten(0, 1)]))
+        return texts[:n], texts[n:].view(n, k, -1)
 
     def _grounding(self, out: dict[str, Tensor], noisy: Tensor, t: Tensor,
                    inputs: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -157,10 +168,16 @@ class DPTObjective(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.unet_trains):
                 feats = unet_features(self.unet, self.config, noisy[has], t[has],
                                       inputs["ref_states"][has])
-            ground_out = self.heads(feats, t[has])
+            ground_out = self.heads.ground(feats, t[has], inputs["ref_tokens"][has],
+                                           inputs["ref_mask"][has])
+        elif self.heads.adapter.ground_text:  # the matching pass's features, read with the words
+            ground_out = self.heads.ground(out["features"][has], t[has],
+                                           inputs["ref_tokens"][has], inputs["ref_mask"][has])
         else:
             ground_out = {k: v[has] for k, v in out.items() if k.startswith("ground_")}
-        targets = {"boxes": inputs["boxes"][has], "text_embeds": inputs["ref_embeds"][has]}
+        targets = {"boxes": inputs["boxes"][has], "text_embeds": inputs["ref_embeds"][has],
+                   "object_boxes": inputs["object_boxes"][has],
+                   "object_mask": inputs["object_mask"][has]}
         losses, _ = self.criterion(ground_out, targets)
         return losses
 
@@ -173,8 +190,12 @@ def prepare_inputs(parts: "FrozenParts", samples: list[DPTSample], config: DPTCo
     Returns:
         latents: (B, C, h, w) scaled VAE posterior means.
         inputs: `caption_embeds` (B, D), `negative_embeds` (B, K, D), `ref_embeds` (B, D),
-            `boxes` (B, 4), `has_ref` (B,), `states` (B, L, D) the matching pass's U-Net
-            condition, and `ref_states` / `caption_states` (B, L, D) where needed.
+            token states and real-token masks of the three kinds of text: `caption_tokens`
+            (B, L, D) / `caption_mask` (B, L), `negative_tokens` (B, K, L, D) /
+            `negative_mask` (B, K, L), `ref_tokens` (B, L, D) / `ref_mask` (B, L),
+            `boxes` (B, 4), `object_boxes` (B, O, 4), `object_mask` (B, O), `has_ref` (B,),
+            `states` (B, L, D) the matching pass's U-Net condition, and `ref_states` /
+            `caption_states` (B, L, D) where needed.
     """
     batch = collate(samples)
     device = parts.device
@@ -185,7 +206,15 @@ def prepare_inputs(parts: "FrozenParts", samples: list[DPTSample], config: DPTCo
     pooled, hidden = encode_texts(parts.text_encoder, parts.tokenizer, texts + [""])
     inputs = {"caption_embeds": pooled[:n], "negative_embeds": pooled[n:n + n * k].view(n, k, -1),
               "ref_embeds": pooled[n + n * k:n + n * k + n],
-              "boxes": batch["boxes"].to(device), "has_ref": batch["has_ref"].to(device)}
+              "caption_tokens": hidden[:n],
+              "negative_tokens": hidden[n:n + n * k].unflatten(0, (n, k)),
+              "ref_tokens": hidden[n + n * k:n + n * k + n],
+              "boxes": batch["boxes"].to(device), "has_ref": batch["has_ref"].to(device),
+              "object_boxes": batch["object_boxes"].to(device),
+              "object_mask": batch["object_mask"].to(device)}
+    masks = text_mask(parts.tokenizer, texts).to(device)
+    inputs["caption_mask"], inputs["ref_mask"] = masks[:n], masks[n + n * k:]
+    inputs["negative_mask"] = masks[n:n + n * k].unflatten(0, (n, k))
     caption_states = hidden[:n]
     empty_states = hidden[-1:].expand(n, -1, -1)
     inputs["states"] = caption_states if config.condition == "caption" else empty_states
@@ -237,10 +266,59 @@ def train_dpt(run_dir: Path, bundle, source: SampleSource, config: DPTConfig,
     Returns:
         A summary: steps, wall seconds, seconds per step, mean losses of the last 50 steps.
     """
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    run = _setup(run_dir, bundle, config, settings, init_heads)
+    start, wall = 0, 0.0
+    found = latest_checkpoint(run_dir) if resume else None
+    if found is not None:
+        state = load_checkpoint(found, run.modules, {"optimizer": run.optimizer})
+        start, wall = state["step"], state.get("wall_s", 0.0)
+    accelerator = run.accelerator
+    if settings.log_with:
+        accelerator.init_trackers("dpt", config={k: v for k, v in asdict(settings).items()
+                                                 if isinstance(v, (int, float, str))})
+    main = accelerator.is_main_process
+    t0 = time.time()
+    recent = _train_loop(run, source, config, settings, start, wall, t0,
+                         show_progress=main and show_progress)
+    steps_run, elapsed = settings.steps - start, time.time() - t0
+    summary = {"stage": settings.stage, "steps": settings.steps, "steps_this_run": steps_run,
+               "wall_s": round(wall + elapsed, 1),
+               "s_per_step": round(elapsed / steps_run, 4) if steps_run else None,
+               "skipped_images": source.skipped,
+               "final_losses": {k: round(sum(r[k] for r in recent) / len(recent), 5)
+                                for k in recent[0]} if recent else {},
+               "settings": asdict(settings)}
+    accelerator.wait_for_everyone()
+    if main:
+        save_dpt(run_dir / "final", run.heads, config, run.unet, extra=summary)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    accelerator.end_training()
+    return summary
+
+
+@dataclass
+class _Run:
+    """What a training run holds: accelerate's wrapped objective and optimizer, and the raw
+    modules and optimizer that checkpoints save."""
+
+    run_dir: Path
+    accelerator: object
+    objective: nn.Module
+    wrapped_optimizer: object
+    optimizer: torch.optim.Optimizer
+    modules: dict[str, nn.Module]
+    heads: DPTHeads
+    unet: nn.Module
+    parts: FrozenParts
+
+
+def _setup(run_dir: Path, bundle, config: DPTConfig, settings: TrainSettings,
+           init_heads: DPTHeads | None) -> _Run:
+    """Accelerator, heads (+ LoRA in stage 2), optimizer groups, and the frozen parts."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
     accelerator = Accelerator(
         mixed_precision=settings.mixed_precision, gradient_accumulation_steps=settings.grad_accum,
         log_with=settings.log_with, project_dir=str(run_dir / "logs"),
@@ -259,29 +337,24 @@ def train_dpt(run_dir: Path, bundle, source: SampleSource, config: DPTConfig,
         modules["lora"] = LoraWeights(unet)
     optimizer = torch.optim.AdamW([{**g, "lr": g["base_lr"]} for g in groups], weight_decay=0.01)
     objective = DPTObjective(unet, heads, config, settings)
-    objective, wrapped_opt = accelerator.prepare(objective, optimizer)
-    parts = frozen_parts(bundle, accelerator.device)
+    objective, wrapped = accelerator.prepare(objective, optimizer)
+    return _Run(run_dir, accelerator, objective, wrapped, optimizer, modules, heads, unet,
+                frozen_parts(bundle, accelerator.device))
 
-    start, wall = 0, 0.0
-    found = latest_checkpoint(run_dir) if resume else None
-    if found is not None:
-        state = load_checkpoint(found, modules, {"optimizer": optimizer})
-        start, wall = state["step"], state.get("wall_s", 0.0)
-    if settings.log_with:
-        accelerator.init_trackers("dpt", config={k: v for k, v in asdict(settings).items()
-                                                 if isinstance(v, (int, float, str))})
-    main = accelerator.is_main_process
-    log = (run_dir / "log.jsonl").open("a") if main else None
+
+def _train_loop(run: _Run, source: SampleSource, config: DPTConfig, settings: TrainSettings,
+                start: int, wall: float, t0: float, show_progress: bool) -> list[dict[str, float]]:
+    """Steps start .. settings.steps-1 with logging and checkpoints; the last 50 steps' losses."""
+    accelerator, main = run.accelerator, run.accelerator.is_main_process
+    log = (run.run_dir / "log.jsonl").open("a") if main else None
     bar = tqdm(range(start, settings.steps), desc=settings.stage, initial=start,
-               total=settings.steps, dynamic_ncols=True, mininterval=2.0,
-               disable=not (main and show_progress))
+               total=settings.steps, dynamic_ncols=True, mininterval=2.0, disable=not show_progress)
     recent: list[dict[str, float]] = []
-    t0 = time.time()
     for step in bar:
-        for group in optimizer.param_groups:
+        for group in run.optimizer.param_groups:
             group["lr"] = cosine_lr(step, settings.steps, group["base_lr"], settings.warmup)
-        losses = _optimizer_step(accelerator, objective, wrapped_opt, parts, source, config,
-                                 settings, step)
+        losses = _optimizer_step(accelerator, run.objective, run.wrapped_optimizer, run.parts,
+                                 source, config, settings, step)
         recent = (recent + [losses])[-50:]
         if main and (step % 10 == 0 or step + 1 == settings.steps):
             bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()
@@ -294,24 +367,11 @@ def train_dpt(run_dir: Path, bundle, source: SampleSource, config: DPTConfig,
         if done % settings.checkpoint_every == 0 or done == settings.steps:
             accelerator.wait_for_everyone()
             if main:
-                save_checkpoint(run_dir, done, modules, {"optimizer": optimizer},
+                save_checkpoint(run.run_dir, done, run.modules, {"optimizer": run.optimizer},
                                 {"wall_s": wall + time.time() - t0})
-    steps_run = settings.steps - start
-    elapsed = time.time() - t0
-    summary = {"stage": settings.stage, "steps": settings.steps, "steps_this_run": steps_run,
-               "wall_s": round(wall + elapsed, 1),
-               "s_per_step": round(elapsed / steps_run, 4) if steps_run else None,
-               "skipped_images": source.skipped,
-               "final_losses": {k: round(sum(r[k] for r in recent) / len(recent), 5)
-                                for k in recent[0]} if recent else {},
-               "settings": asdict(settings)}
-    accelerator.wait_for_everyone()
-    if main:
+    if log is not None:
         log.close()
-        save_dpt(run_dir / "final", heads, config, unet, extra=summary)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    accelerator.end_training()
-    return summary
+    return recent
 
 
 def _optimizer_step(accelerator, objective, optimizer, parts: FrozenParts, source: SampleSource,

@@ -84,3 +84,17 @@ def test_sweep_blocks_writes_table_and_plot(tiny_model, tmp_path, capsys):
     assert (tmp_path / "up0" / "eval.json").is_file()
     assert dpt("sweep-blocks", "--run-dir", tmp_path, "--model", tiny_model,
                "--blocks", "up7") == 2
+
+
+def test_ground_text_flag_reaches_the_saved_adapter(tiny_model, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    common = ["--model", tiny_model, "--block", "up0", "--d-model", 32, "--steps", 1,
+              "--batch", 2, "--ground-queries", 4]
+    for flag, reads in (("tokens", True), ("none", False)):
+        run = tmp_path / flag
+        assert dpt("probe", "--run-dir", run, "--ground-text", flag, *common) == 0
+        config = json.loads((run / "final" / "dpt_config.json").read_text())
+        assert config["adapter"]["ground_text"] is reads
+        keys = load_file(run / "final" / "heads.safetensors")
+        assert ("adapter.text_proj.weight" in keys) is reads

@@ -76,3 +76,34 @@ def test_rec_items_carry_boxes_of_the_scene():
         assert 0 < w <= 1 and 0 < h <= 1 and 0 <= cx - w / 2 and cx + w / 2 <= 1
         ys, xs = np.nonzero(it.image.astype(int).sum(-1) < 3 * 250)  # non-white pixels
         assert len(xs)
+
+
+def test_the_grounding_pass_reads_the_expression_through_the_adapter_alone():
+    # Grounding features from the empty prompt: the words reach the boxes only through the
+    # adapter's token input, so two expressions on one image must give different outputs.
+    from dpt_t2i.adapter import AdapterConfig
+    from dpt_t2i.bundle import default_model_path, load_bundle
+    from dpt_t2i.dpt import DPTConfig, DPTHeads
+    from dpt_t2i.eval.discriminative import DiscriminativeScorer
+
+    bundle = load_bundle(default_model_path())
+    torch.manual_seed(0)
+    adapter = AdapterConfig(d_model=32, n_heads=2, ffn_dim=64, n_ground_queries=4)
+    config = DPTConfig(ground_condition="empty", adapter=adapter)
+    heads = DPTHeads(adapter)
+    torch.nn.init.normal_(heads.adapter.text_proj.weight)
+    scorer = DiscriminativeScorer(bundle, heads, config)
+    item = shapes_rec_items(1, "id", 1)[0]
+    latents = scorer.noisy_latents([item.image, item.image])
+    with torch.no_grad():
+        a, b = scorer._heads_out(latents, scorer._texts(["", ""])[1],
+                                 *_tokens(bundle, ["the red circle", "the square on the left"]))[
+            "ground_logits"]
+    assert not torch.allclose(a, b, atol=1e-4)
+
+
+def _tokens(bundle, texts):
+    from dpt_t2i.text import encode_texts, text_mask
+
+    return encode_texts(bundle.text_encoder, bundle.tokenizer, texts)[1], text_mask(
+        bundle.tokenizer, texts)

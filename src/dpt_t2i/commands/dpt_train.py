@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     probe = sub.add_parser("probe", help="DPT stage 1: train the adapter on a frozen U-Net",
                            description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(probe, steps=2000, lr=3e-4)
+    _common(probe, steps=2000, lr=1e-3)
     probe.add_argument("--block", default="up1", metavar="NAME",
                        help="U-Net block to read: down0.., mid, up0.. (default up1)")
     probe.add_argument("--condition", choices=["empty", "caption"], default="empty",
@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     probe.add_argument("--ground-condition", choices=["expression", "empty"],
                        default="expression", help="text the U-Net sees when it makes the "
                        "grounding features (default expression: the referring expression)")
+    probe.add_argument("--ground-text", choices=["tokens", "none"], default="tokens",
+                       help="whether the grounding pass of the adapter reads the expression's "
+                       "token states (default tokens; none: only through the U-Net)")
+    probe.add_argument("--match-text", choices=["pooled", "tokens"], default="pooled",
+                       help="text(y) of the matching score: the text encoder's pooled state "
+                       "(default), or a learned reading of its token states")
     probe.add_argument("--d-model", type=int, default=128, help="adapter width (default 128)")
     probe.add_argument("--ground-queries", type=int, default=16,
                        help="grounding queries N-M (default 16)")
@@ -159,7 +165,8 @@ def _dpt_config(args: argparse.Namespace, bundle):
         text_dim=bundle.text_encoder.config.hidden_size, d_model=args.d_model,
         n_heads=max(1, args.d_model // 32), ffn_dim=4 * args.d_model,
         n_ground_queries=args.ground_queries,
-        max_hw=max(16, latent_side(bundle, args)))
+        max_hw=max(16, latent_side(bundle, args)), ground_text=args.ground_text == "tokens",
+        match_text=args.match_text)
     return DPTConfig(block=args.block, condition=args.condition,
                      ground_condition=args.ground_condition, adapter=adapter), None
 

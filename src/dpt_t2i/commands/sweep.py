@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--blocks", default=None, help="comma-separated (default: all blocks)")
     p.add_argument("--steps", type=int, default=500, help="probe steps per block (default 500)")
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--t-max", type=int, default=1000, help="training timesteps are < this")
     p.add_argument("--condition", choices=["empty", "caption"], default="empty")
     p.add_argument("--timestep", type=int, default=100)
     p.add_argument("--n-itm", type=int, default=200)
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if args.steps < 1 or args.batch < 1:
         raise UsageError("--steps and --batch must be >= 1")
+    if not 1 <= args.t_max <= 1000:
+        raise UsageError(f"--t-max must be in 1..1000, got {args.t_max}")
     model = model_folder(args.model)
     quiet_loading()
     from ..bundle import load_bundle
@@ -74,7 +77,8 @@ def _probe_and_evaluate(args: argparse.Namespace, model: Path, block: str) -> di
             max_hw=max(16, latent_side(bundle, args))))
         print(f"probing {block}")
         train_dpt(run_dir, bundle, ShapesSource(seed=args.seed), config,
-                  TrainSettings(stage="probe", steps=args.steps, batch=args.batch, seed=args.seed))
+                  TrainSettings(stage="probe", steps=args.steps, batch=args.batch, seed=args.seed,
+                                t_max=args.t_max))
     heads, config = load_dpt(run_dir / "final", bundle.unet)
     scorer = DiscriminativeScorer(bundle, heads, config, args.timestep)
     result = evaluate_shapes(scorer, n_itm=args.n_itm, n_rec=args.n_rec)

@@ -28,7 +28,7 @@ from ..data.shapes.grammar import parse_prompt, satisfied, scene_for
 from ..data.shapes.world import render
 from ..dpt import DPTConfig, DPTHeads, itm_matrix, rec_choice, unet_features
 from ..losses import matching_scores
-from ..text import encode_texts
+from ..text import encode_texts, text_mask
 
 CHUNK = 128  # latents per U-Net call
 
@@ -102,17 +102,27 @@ class DiscriminativeScorer:
     def _texts(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         return encode_texts(self.bundle.text_encoder, self.bundle.tokenizer, texts)
 
-    def _heads_out(self, latents: Tensor, states: Tensor) -> dict[str, Tensor]:
+    def match_texts(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """text(y) of the matching score (N, D), and the U-Net states of the texts (N, L, D)."""
+        pooled, hidden = self._texts(texts)
+        mask = text_mask(self.bundle.tokenizer, texts).to(hidden.device)
+        return self.heads.adapter.text(pooled, hidden, mask), hidden
+
+    def _heads_out(self, latents: Tensor, states: Tensor, ref_tokens: Tensor | None = None,
+                   ref_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """Adapter outputs; with `ref_tokens` given, the grounding pass that reads them."""
         unet = self.bundle.unet
         t = torch.full((len(latents),), self.timestep, device=latents.device)
         feats = unet_features(unet, self.config, latents.to(unet.dtype), t,
                               states.to(unet.dtype)).float()
-        return self.heads(feats, t)
+        if ref_tokens is None:
+            return self.heads(feats, t)
+        return self.heads.ground(feats, t, ref_tokens, ref_mask)
 
     @torch.no_grad()
     def pair_scores(self, latents: Tensor, texts: list[str], pairs: list[tuple[int, int]]) -> Tensor:
         """(P,) matching scores of (latent index, text index) pairs."""
-        pooled, hidden = self._texts(texts + [""])
+        pooled, hidden = self.match_texts(texts + [""])
         li = torch.tensor([p[0] for p in pairs])
         ti = torch.tensor([p[1] for p in pairs])
         if self.config.condition == "empty":  # features once per latent
@@ -132,12 +142,14 @@ class DiscriminativeScorer:
     def rec_boxes(self, latents: Tensor, refexps: list[str]) -> Tensor:
         """(N, 4) cxcywh box the model picks for each latent's referring expression."""
         pooled, hidden = self._texts(list(refexps) + [""])
+        mask = text_mask(self.bundle.tokenizer, list(refexps)).to(hidden.device)
         boxes = []
         for i in range(0, len(latents), CHUNK):
             lat = latents[i:i + CHUNK]
-            states = (hidden[i:i + len(lat)] if self.config.ground_condition == "expression"
+            words = hidden[i:i + len(lat)]
+            states = (words if self.config.ground_condition == "expression"
                       else hidden[-1:].expand(len(lat), -1, -1))
-            out = self._heads_out(lat, states)
+            out = self._heads_out(lat, states, words, mask[i:i + len(lat)])
             choice = rec_choice(out, pooled[i:i + len(lat)])
             boxes.append(out["ground_boxes"][torch.arange(len(lat)), choice])
         return torch.cat(boxes)

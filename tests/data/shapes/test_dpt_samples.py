@@ -48,3 +48,27 @@ def test_collate_shapes():
     assert batch["boxes"].shape == (5, 4) and batch["has_ref"].shape == (5,)
     assert all(len(n) == 2 for n in batch["negatives"]) and len(batch["captions"]) == 5
     assert float(batch["pixels"].min()) >= -1 and float(batch["pixels"].max()) <= 1
+
+
+def test_other_objects_are_the_rest_of_the_scene():
+    for i in range(40):
+        s = make_dpt_sample(2, i)
+        if s.box is None:
+            assert s.others == []
+            continue
+        scene = sorted(tuple(round(v * 64) for v in b) for b in [s.box, *s.others])
+        parsed = sorted((round((o.box[0] + o.box[2]) / 2), round((o.box[1] + o.box[3]) / 2),
+                         o.box[2] - o.box[0], o.box[3] - o.box[1]) for o in parse_image(s.image))
+        assert scene == parsed
+
+
+def test_collate_puts_the_referred_object_first_and_pads_the_scene():
+    samples = [make_dpt_sample(0, i) for i in range(8)]
+    batch = collate(samples)
+    width = max(1 + len(s.others) for s in samples if s.box is not None)
+    assert batch["object_boxes"].shape == (8, width, 4)
+    for row, s in enumerate(samples):
+        n = 1 + len(s.others) if s.box is not None else 0
+        assert batch["object_mask"][row].tolist() == [True] * n + [False] * (width - n)
+        if n:
+            assert batch["object_boxes"][row, 0].tolist() == batch["boxes"][row].tolist()

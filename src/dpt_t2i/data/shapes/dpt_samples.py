@@ -1,5 +1,5 @@
 """Training samples for DPT on the Shapes world: one scene, its caption, K hard negatives,
-and one referring expression with its box.
+and one referring expression with its box (and the boxes of the scene's other objects).
 
 Sample `index` of stream `seed` is always the same (generators seeded by (seed, index)).
 Negatives are false for the scene by construction (`negatives.hard_negatives` checks them);
@@ -27,10 +27,16 @@ def make_dpt_sample(seed: int, index: int, split: str = "train", n_negatives: in
     if n_negatives and not drawn:
         raise RuntimeError(f"caption {base.prompt.text!r} has no hard negative")
     negatives = [drawn[i % len(drawn)] for i in range(n_negatives)] if drawn else []
-    box = None
+    box, others = None, []
     if base.refexp is not None:
-        x0, y0, x1, y1 = base.refexp.box
-        box = ((x0 + x1) / 2 / CANVAS, (y0 + y1) / 2 / CANVAS, (x1 - x0) / CANVAS,
-               (y1 - y0) / CANVAS)
+        box = _cxcywh(base.refexp.box)
+        others = [_cxcywh(o.box) for i, o in enumerate(base.objects) if i != base.refexp.target]
     return DPTSample(base.image, base.prompt.text, negatives,
-                     base.refexp.text if base.refexp else None, box, base.prompt.family)
+                     base.refexp.text if base.refexp else None, box, base.prompt.family, others)
+
+
+def _cxcywh(box: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+    """Pixel (x0, y0, x1, y1) -> (cx, cy, w, h) in [0, 1] of the canvas."""
+    x0, y0, x1, y1 = box
+    return ((x0 + x1) / 2 / CANVAS, (y0 + y1) / 2 / CANVAS, (x1 - x0) / CANVAS,
+            (y1 - y0) / CANVAS)
