@@ -17,8 +17,11 @@ and of the features the grounding head reads (`ground_condition`):
 - "expression": the U-Net sees the referring expression, so its cross-attention tells the
   features which object is meant (the box must still be found in the image, so reading
   the text back wins nothing);
-- "empty": the grounding head shares the matching pass's empty-prompt features and must
-  tell objects apart by its semantic vectors alone.
+- "empty": the grounding head shares the matching pass's features (one U-Net pass fewer).
+
+With `adapter.ground_text` (the default) the adapter also reads the expression's token
+states in its grounding pass, whichever ground_condition is set; without it, under "empty"
+only the semantic vectors can tell two objects of one image apart.
 """
 
 from __future__ import annotations
@@ -108,8 +111,8 @@ def rec_choice(outputs: dict[str, torch.Tensor], ref_embeds: torch.Tensor,
     """The query that answers each referring expression: argmax of log p_j + log softmax_j cos.
 
     The probability p_j says "this query holds the referred object"; the semantic vector o_j
-    says which expression it answers (eq. 6). Under the empty condition p_j cannot know the
-    expression, so the semantic term is what tells two objects of one image apart.
+    says which expression it answers (eq. 6). When neither the U-Net nor the adapter sees the
+    expression, p_j cannot know it and the semantic term alone tells objects apart.
 
     Args:
         outputs: adapter outputs with `ground_logits` (B, Q) and `ground_embeds` (B, Q, D).
