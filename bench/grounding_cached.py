@@ -53,11 +53,11 @@ def build(bundle, seed: int, split: str, n: int, t_max: int, condition: str) -> 
     scheduler = DDPMScheduler.from_config(bundle.scheduler_config)
     gen = torch.Generator().manual_seed(seed)
     parts = collections.defaultdict(list)
-    index = 0
-    while sum(len(t) for t in parts["texts"]) < n:
+    index, count = 0, 0
+    while count < n:
         samples = [make_dpt_sample(seed, i, split, 0) for i in range(index, index + 256)]
-        samples = [s for s in samples if s.box is not None][:n - sum(map(len, parts["texts"]))]
-        index += 256
+        samples = [s for s in samples if s.box is not None][:n - count]
+        index, count = index + 256, count + len(samples)
         batch = collate(samples)
         latents = bundle.vae.encode(batch["pixels"]).latent_dist.mean
         latents = latents * bundle.vae.config.scaling_factor

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpt_t2i.adapter import (AdapterConfig, DiscriminativeAdapter, build_adapter, score,
-                             text_embedding)
+from dpt_t2i.adapter import AdapterConfig, DiscriminativeAdapter, build_adapter, score
 from dpt_t2i.bundle import default_model_path
+from dpt_t2i.text import encode_texts
 
 TINY = AdapterConfig(feature_dim=8, text_dim=12, d_model=16, n_heads=2, ffn_dim=32,
                      encoder_layers=1, decoder_layers=1, n_match_queries=3, n_ground_queries=5,
@@ -143,11 +143,7 @@ def test_end_to_end_on_the_shipped_shapes_model():
     tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
 
     texts = ["a red circle", "a blue circle"]
-    with torch.no_grad():
-        text = text_embedding(text_encoder, tokenizer, texts)
-        states = text_encoder(tokenizer(texts, padding="max_length", truncation=True,
-                                        max_length=tokenizer.model_max_length,
-                                        return_tensors="pt").input_ids).last_hidden_state
+    text, states = encode_texts(text_encoder, tokenizer, texts)
     assert text.shape == (2, 128)
     assert not torch.allclose(text[0], text[1], atol=1e-4)
 

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
-from .text import tokenize
 
 
 MATCH_TEXTS = ("pooled", "tokens")
@@ -257,21 +256,3 @@ def score(adapter: DiscriminativeAdapter, features: torch.Tensor, timesteps: tor
     cos = F.cosine_similarity(match, text_embeds[:, None, :].to(match.dtype), dim=-1)  # (B, M)
     return cos.max(dim=1).values  # (B,)
 
-
-def text_embedding(text_encoder: nn.Module, tokenizer, texts: list[str]) -> torch.Tensor:
-    """The pooled CLIP text state (end-of-text token) of each text: the text side of DPT.
-
-    Tokenized as `StableDiffusionPipeline` does (padded to `model_max_length`, truncated).
-    Gradients are not stopped; wrap in `torch.no_grad()` for a frozen encoder.
-
-    Args:
-        text_encoder: a transformers `CLIPTextModel`.
-        tokenizer: its `CLIPTokenizer`.
-        texts: B strings.
-
-    Returns:
-        (B, text_dim) `pooler_output`.
-    """
-    ids = tokenize(tokenizer, texts).input_ids  # (B, L)
-    device = next(text_encoder.parameters()).device
-    return text_encoder(ids.to(device)).pooler_output  # (B, text_dim)

@@ -126,15 +126,6 @@ class MatchingLoss(nn.Module):
                 + F.cross_entropy(logits_per_text, target_t / target_t.sum(1, keepdim=True))) / 2
 
 
-def _paired_giou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """GIoU of (B, Q, 4) cxcywh boxes against (B, 4) cxcywh targets of the same image: (B, Q)."""
-    batch, num_queries = boxes1.shape[:2]
-    giou = generalized_box_iou(box_cxcywh_to_xyxy(boxes1.flatten(0, 1)),
-                               box_cxcywh_to_xyxy(boxes2))  # (B*Q, B)
-    idx = torch.arange(batch, device=boxes1.device)
-    return giou.view(batch, num_queries, batch)[idx, :, idx]  # (B, Q)
-
-
 class GroundingMatcher(nn.Module):
     """Assigns queries to the scene's objects; the referred object's query is eq. 5's choice.
 

@@ -135,9 +135,9 @@ class DPTObjective(nn.Module):
                 if self.weights["mse"] > 0:  # a separate caption-conditioned pass
                     eps = self.unet(noisy, t, inputs["caption_states"]).sample
                     losses["mse"] = F.mse_loss(eps.float(), inputs["noise"])
-        out = {**self.heads(feats, t), "features": feats}
+        out = self.heads(feats, t)
         losses["match"] = self.heads.matching(out["match_embeds"], *self._match_texts(inputs))
-        ground = self._grounding(out, noisy, t, inputs)
+        ground = self._grounding(out, feats, noisy, t, inputs)
         losses.update(ground)
         total = self.weights["match"] * losses["match"]
         total = total + self.weights["ground"] * sum(
@@ -158,20 +158,21 @@ class DPTObjective(nn.Module):
             torch.cat([inputs["caption_mask"], inputs["negative_mask"].flatten(0, 1)]))
         return texts[:n], texts[n:].view(n, k, -1)
 
-    def _grounding(self, out: dict[str, Tensor], noisy: Tensor, t: Tensor,
+    def _grounding(self, out: dict[str, Tensor], feats: Tensor, noisy: Tensor, t: Tensor,
                    inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Grounding losses; `out` and `feats` are the matching pass's outputs and features."""
         has = inputs["has_ref"]  # (B,) bool
         if not bool(has.any()):
             zero = out["ground_logits"].sum() * 0.0
             return {k: zero for k in DEFAULT_GROUNDING_WEIGHTS}
         if self.config.ground_condition == "expression":  # a pass conditioned on the expression
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.unet_trains):
-                feats = unet_features(self.unet, self.config, noisy[has], t[has],
-                                      inputs["ref_states"][has])
-            ground_out = self.heads.ground(feats, t[has], inputs["ref_tokens"][has],
+                ref_feats = unet_features(self.unet, self.config, noisy[has], t[has],
+                                          inputs["ref_states"][has])
+            ground_out = self.heads.ground(ref_feats, t[has], inputs["ref_tokens"][has],
                                            inputs["ref_mask"][has])
         elif self.heads.adapter.ground_text:  # the matching pass's features, read with the words
-            ground_out = self.heads.ground(out["features"][has], t[has],
+            ground_out = self.heads.ground(feats[has], t[has],
                                            inputs["ref_tokens"][has], inputs["ref_mask"][has])
         else:
             ground_out = {k: v[has] for k, v in out.items() if k.startswith("ground_")}

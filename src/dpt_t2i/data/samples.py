@@ -56,4 +56,4 @@ def collate(samples: list[DPTSample]) -> dict:
             "refexps": [s.refexp or "" for s in samples],
             "boxes": boxes, "has_ref": has_ref,
             "families": [s.family for s in samples],
-            "object_boxes": object_boxes.view(len(samples), width, 4), "object_mask": object_mask}
+            "object_boxes": object_boxes, "object_mask": object_mask}
