@@ -81,6 +81,15 @@ def test_latest_names_the_newest_and_old_checkpoints_are_pruned(tmp_path):
         "step-00000030", "step-00000040", "step-00000050"]
 
 
+def test_keep_zero_keeps_every_checkpoint(tmp_path):
+    model, _ = _model_and_optimizer()
+    for step in (10, 20, 30):
+        save_checkpoint(tmp_path, step, {"model": model}, keep=0)
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == [
+        "step-00000010", "step-00000020", "step-00000030"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-00000030"
+
+
 def test_rewriting_a_step_replaces_it(tmp_path):
     model, _ = _model_and_optimizer()
     save_checkpoint(tmp_path, 5, {"model": model}, extra={"note": "first"})

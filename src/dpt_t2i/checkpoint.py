@@ -24,7 +24,8 @@ from safetensors.torch import load_file, save_file
 def save_checkpoint(run_dir: Path, step: int, modules: dict[str, torch.nn.Module],
                     optimizers: dict[str, torch.optim.Optimizer] | None = None,
                     extra: dict | None = None, keep: int = 2) -> Path:
-    """Write checkpoint `step` into `run_dir` atomically and prune old ones, keeping `keep`."""
+    """Write checkpoint `step` into `run_dir` atomically and prune old ones, keeping `keep`
+    (0 keeps every checkpoint)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"step-{step:08d}"
@@ -41,7 +42,8 @@ def save_checkpoint(run_dir: Path, step: int, modules: dict[str, torch.nn.Module
     others = sorted(p for p in run_dir.glob("step-*") if p != final)
     stale = [p for p in others if p.name > final.name]
     older = [p for p in others if p.name < final.name]
-    for old in stale + older[:max(0, len(older) - (keep - 1))]:
+    pruned = older[:max(0, len(older) - (keep - 1))] if keep > 0 else []
+    for old in stale + pruned:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -12,7 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from .commands import (dpt_train, evaluate, evaluate_disc, generate, interchange, prompts,
-                           sweep, world)
+                           report, sweep, world)
 
     generate.register(sub)
     evaluate.register(sub)
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.register(sub)
     world.register(sub)
     interchange.register(sub)
+    report.register(sub)
     return parser
 
 

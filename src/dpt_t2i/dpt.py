@@ -147,20 +147,24 @@ def itm_matrix(heads: DPTHeads, features: torch.Tensor, timesteps: torch.Tensor,
     return matching_scores(heads(features, timesteps)["match_embeds"], text_embeds)
 
 
-def save_dpt(folder: Path, heads: DPTHeads, config: DPTConfig, unet: nn.Module | None = None,
+def save_dpt(folder: Path, heads: DPTHeads | None, config: DPTConfig,
+             unet: nn.Module | None = None,
              extra: dict | None = None) -> Path:
     """Write a DPT folder atomically (a temporary folder renamed into place).
 
     Args:
         folder: where it goes; replaced if it exists.
-        heads: the trained heads.
+        heads: the trained heads; None for a LoRA-only folder (config.adapter None).
         config: the DPT config; with `config.lora` set, `unet` must carry the LoRA adapter.
         extra: JSON-able facts recorded in dpt_config.json under "training".
     """
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
-        save_file({k: v.detach().float().contiguous().cpu() for k, v in heads.state_dict().items()},
-                  tmp / HEADS_FILE)
+        if (heads is None) != (config.adapter is None):
+            raise ValueError("heads must be given exactly when config.adapter is set")
+        if heads is not None:
+            save_file({k: v.detach().float().contiguous().cpu()
+                       for k, v in heads.state_dict().items()}, tmp / HEADS_FILE)
         if config.lora is not None:
             if unet is None:
                 raise ValueError("config has LoRA settings but no U-Net was given to save from")

@@ -1,9 +1,11 @@
-"""DPT stage 1 (`probe`: U-Net frozen) and stage 2 (`tune`: LoRA on the U-Net attention).
+"""DPT stage 1 (`probe`: U-Net frozen) and stage 2 (`tune`: LoRA on the U-Net attention),
+and the HN-DiffusionITM baseline (`hn-itm`: LoRA only, denoising-error matching).
 
 One training step reads top to bottom: draw samples -> encode them with the frozen VAE and
 text encoder (`prepare_inputs`) -> noise the latents -> `DPTObjective` (features of one
 U-Net block -> adapter -> matching and grounding losses, plus the optional denoising MSE)
--> backward -> optimizer step. The step runs under accelerate, so `accelerate launch` spreads
+-> backward -> optimizer step. The `hn-itm` stage swaps the objective for `HNITMObjective`
+(no adapter: the U-Net's denoising error under the caption and under a hard negative). The step runs under accelerate, so `accelerate launch` spreads
 it over several GPUs or nodes unchanged; each process draws its own samples.
 
 Every random draw of step k (samples, timesteps, noise, dropout) is seeded by (seed, k,
@@ -34,7 +36,7 @@ from .losses import DEFAULT_GROUNDING_WEIGHTS, GroundingCriterion, GroundingMatc
 from .shapes_model.loop import cosine_lr
 from .text import encode_texts, text_mask
 
-STAGES = ("probe", "tune")
+STAGES = ("probe", "tune", "hn-itm")
 
 
 @dataclass
@@ -52,8 +54,11 @@ class TrainSettings:
     ground_weight: float = 1.0
     mse_weight: float = 0.0      # the denoising term the official code kept (stage 2)
     n_negatives: int = 3         # hard negatives per caption
+    hn_weight: float = 1.0       # hn-itm: weight of the hard negative's (clipped) error
+    hn_clip: float = 1.0         # hn-itm: that error is clipped at hn_clip x the positive's
     mixed_precision: str = "no"  # accelerate's: no, fp16, bf16
     checkpoint_every: int = 250
+    keep_checkpoints: int = 2    # newest checkpoints kept; 0 keeps all (a learning curve)
     seed: int = 0
     log_with: str | None = None  # "tensorboard" to log losses under <run>/logs
 
@@ -63,6 +68,8 @@ class TrainSettings:
         for name in ("steps", "batch", "grad_accum", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
         if not 0 <= self.t_min < self.t_max:
             raise ValueError(f"need 0 <= t_min < t_max, got t_min={self.t_min}, t_max={self.t_max}")
 
@@ -114,7 +121,7 @@ class DPTObjective(nn.Module):
         self.criterion = GroundingCriterion(GroundingMatcher())
         self.weights = {"match": settings.match_weight, "ground": settings.ground_weight,
                         "mse": settings.mse_weight}
-        self.unet_trains = settings.stage == "tune"
+        self.unet_trains = settings.stage != "probe"
 
     def forward(self, noisy: Tensor, t: Tensor, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Losses for one batch.
@@ -181,6 +188,29 @@ class DPTObjective(nn.Module):
                    "object_mask": inputs["object_mask"][has]}
         losses, _ = self.criterion(ground_out, targets)
         return losses
+
+
+class HNITMObjective(nn.Module):
+    """HN-DiffusionITM (Krojer et al., NeurIPS 2023): LoRA learns to denoise well under the
+    caption and badly under a hard negative of it.
+
+    loss = e(y) - w * min(e(y_neg), c * e(y)), where e(.) is the denoising MSE of the same
+    noised latent and noise under that text, and the clip at c times the (detached) positive
+    error keeps the negative term from growing without bound (the authors' "hinged" loss).
+    """
+
+    def __init__(self, unet: nn.Module, settings: TrainSettings):
+        super().__init__()
+        self.unet, self.weight, self.clip = unet, settings.hn_weight, settings.hn_clip
+
+    def forward(self, noisy: Tensor, t: Tensor, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        states = torch.cat([inputs["caption_states"], inputs["negative_tokens"][:, 0]])
+        eps = self.unet(torch.cat([noisy, noisy]), torch.cat([t, t]), states).sample.float()
+        pos, neg = eps.chunk(2)
+        mse = F.mse_loss(pos, inputs["noise"])
+        mse_neg = F.mse_loss(neg, inputs["noise"])
+        loss = mse - self.weight * torch.clamp(mse_neg, max=self.clip * float(mse.detach()))
+        return {"mse": mse, "mse_neg": mse_neg, "loss": loss}
 
 
 @torch.no_grad()
@@ -310,7 +340,7 @@ class _Run:
     wrapped_optimizer: object
     optimizer: torch.optim.Optimizer
     modules: dict[str, nn.Module]
-    heads: DPTHeads
+    heads: DPTHeads | None  # None in the hn-itm stage
     unet: nn.Module
     parts: FrozenParts
 
@@ -326,6 +356,8 @@ def _setup(run_dir: Path, bundle, config: DPTConfig, settings: TrainSettings,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     torch.manual_seed(settings.seed)
     unet = bundle.unet.to(accelerator.device).requires_grad_(False)
+    if settings.stage == "hn-itm":
+        return _setup_hn_itm(run_dir, accelerator, bundle, unet, config, settings)
     heads = DPTHeads(config.adapter)
     if init_heads is not None:
         heads.load_state_dict(init_heads.state_dict())
@@ -341,6 +373,18 @@ def _setup(run_dir: Path, bundle, config: DPTConfig, settings: TrainSettings,
     objective, wrapped = accelerator.prepare(objective, optimizer)
     return _Run(run_dir, accelerator, objective, wrapped, optimizer, modules, heads, unet,
                 frozen_parts(bundle, accelerator.device))
+
+
+def _setup_hn_itm(run_dir: Path, accelerator, bundle, unet: nn.Module, config: DPTConfig,
+                  settings: TrainSettings) -> _Run:
+    if config.lora is None or config.adapter is not None:
+        raise ValueError("stage 'hn-itm' needs config.lora and no adapter (config.adapter None)")
+    params = add_lora(unet, config.lora)
+    optimizer = torch.optim.AdamW([{"params": params, "lr": settings.lora_lr,
+                                    "base_lr": settings.lora_lr}], weight_decay=0.01)
+    objective, wrapped = accelerator.prepare(HNITMObjective(unet, settings), optimizer)
+    return _Run(run_dir, accelerator, objective, wrapped, optimizer, {"lora": LoraWeights(unet)},
+                None, unet, frozen_parts(bundle, accelerator.device))
 
 
 def _train_loop(run: _Run, source: SampleSource, config: DPTConfig, settings: TrainSettings,
@@ -359,7 +403,7 @@ def _train_loop(run: _Run, source: SampleSource, config: DPTConfig, settings: Tr
         recent = (recent + [losses])[-50:]
         if main and (step % 10 == 0 or step + 1 == settings.steps):
             bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()
-                             if k in ("loss", "match", "loss_giou", "mse")})
+                             if k in ("loss", "match", "loss_giou", "mse", "mse_neg")})
             log.write(json.dumps({"step": step, **losses}) + "\n")
             log.flush()
             if settings.log_with:
@@ -369,7 +413,8 @@ def _train_loop(run: _Run, source: SampleSource, config: DPTConfig, settings: Tr
             accelerator.wait_for_everyone()
             if main:
                 save_checkpoint(run.run_dir, done, run.modules, {"optimizer": run.optimizer},
-                                {"wall_s": wall + time.time() - t0})
+                                {"wall_s": wall + time.time() - t0},
+                                keep=settings.keep_checkpoints)
     if log is not None:
         log.close()
     return recent
@@ -386,7 +431,8 @@ def _optimizer_step(accelerator, objective, optimizer, parts: FrozenParts, sourc
         torch.manual_seed(settings.seed * 7_919 + slot)  # dropout of this micro-step
         samples = draw_samples(source, slot * settings.batch, settings.batch)
         latents, inputs = prepare_inputs(parts, samples, config,
-                                         need_caption_states=settings.mse_weight > 0)
+                                         need_caption_states=settings.mse_weight > 0
+                                         or settings.stage == "hn-itm")
         noise = torch.randn(latents.shape, generator=gen).to(latents.device)
         t = torch.randint(settings.t_min, settings.t_max, (len(samples),), generator=gen)
         t = t.to(latents.device)

@@ -98,3 +98,49 @@ def test_ground_text_flag_reaches_the_saved_adapter(tiny_model, tmp_path, capsys
         assert config["adapter"]["ground_text"] is reads
         keys = load_file(run / "final" / "heads.safetensors")
         assert ("adapter.text_proj.weight" in keys) is reads
+
+
+def test_hn_itm_tuning_writes_a_lora_only_folder_that_generates(tiny_model, tmp_path, capsys):
+    run = tmp_path / "hn"
+    assert dpt("tune-hn-itm", "--run-dir", run, "--model", tiny_model, "--steps", 3, "--batch", 2,
+               "--lora-targets", "all", "--checkpoint-every", 1, "--keep-checkpoints", 0) == 0
+    assert sorted(p.name for p in run.glob("step-*")) == [
+        "step-00000001", "step-00000002", "step-00000003"]
+    config = json.loads((run / "final" / "dpt_config.json").read_text())
+    assert config["adapter"] is None and config["lora"]["targets"] == "all"
+    assert config["training"]["stage"] == "hn-itm"
+    assert sorted(p.name for p in (run / "final").iterdir()) == [
+        "dpt_config.json", "lora.safetensors"]
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert {"mse", "mse_neg", "loss"} <= set(log[0])
+    assert dpt("generate", "--model", tiny_model, "--dpt", run / "final", "--prompt",
+               "a red circle", "--num-images", 1, "--steps", 2, "--out", tmp_path / "g") == 0
+    assert dpt("generate", "--model", tiny_model, "--dpt", run / "final", "--prompt",
+               "a red circle", "--self-correct", 5, "--out", tmp_path / "g2") == 2
+    assert "LoRA only" in capsys.readouterr().err
+
+
+def test_hn_itm_objective_is_the_clipped_hinge():
+    import torch
+
+    from dpt_t2i.train import HNITMObjective, TrainSettings
+
+    class FixedUNet(torch.nn.Module):
+        """Predicts 0 under text state 0 and 1 under text state 1 (shape of the input)."""
+
+        def forward(self, x, t, states):
+            out = torch.zeros_like(x) + states[:, 0, 0].view(-1, 1, 1, 1)
+            return type("Out", (), {"sample": out})()
+
+    noise = torch.full((2, 4, 2, 2), 0.5)
+    inputs = {"noise": noise, "caption_states": torch.zeros(2, 3, 8),
+              "negative_tokens": torch.ones(2, 2, 3, 8)}
+    for clip, expected in ((1.0, 0.25 - 0.25), (0.5, 0.25 - 0.125), (10.0, 0.25 - 0.25)):
+        losses = HNITMObjective(FixedUNet(), TrainSettings(stage="hn-itm", hn_clip=clip))(
+            noise, torch.zeros(2, dtype=torch.long), inputs)
+        assert float(losses["mse"]) == 0.25 and float(losses["mse_neg"]) == 0.25
+        assert abs(float(losses["loss"]) - expected) < 1e-7
+    inputs["negative_tokens"] = torch.full((2, 2, 3, 8), 2.0)  # error 2.25, clipped at 0.25
+    losses = HNITMObjective(FixedUNet(), TrainSettings(stage="hn-itm", hn_weight=2.0))(
+        noise, torch.zeros(2, dtype=torch.long), inputs)
+    assert abs(float(losses["loss"]) - (0.25 - 2.0 * 0.25)) < 1e-7

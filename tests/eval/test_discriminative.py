@@ -30,7 +30,7 @@ class FakeScorer:
     def __init__(self, table):
         self.table = table
 
-    def noisy_latents(self, images):
+    def encode(self, images):
         return torch.tensor([float(im) for im in images])
 
     def pair_scores(self, latents, texts, pairs):

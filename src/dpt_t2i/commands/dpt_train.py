@@ -1,6 +1,7 @@
-"""`dpt probe` (stage 1: U-Net frozen, adapter trains) and `dpt tune` (stage 2: LoRA too).
+"""`dpt probe` (stage 1: U-Net frozen, adapter trains) and `dpt tune` (stage 2: LoRA too);
+`dpt tune-hn-itm`, the HN-DiffusionITM baseline (LoRA only, no adapter).
 
-Both train on the Shapes world by default (an endless stream of scenes with captions, hard
+All three train on the Shapes world by default (an endless stream of scenes with captions, hard
 negatives and referring expressions) or on COCO captions (+ RefCOCO boxes) from local files.
 A run folder holds checkpoints (`step-*`, `latest`), `log.jsonl`, `run_config.json`,
 `summary.json` and, at the end, `final/`: the DPT folder that `dpt evaluate-disc`,
@@ -51,28 +52,51 @@ def register(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--init", type=Path, required=True, metavar="DPT",
                       help="stage 1's DPT folder (a probe run's final/): block, condition "
                            "and adapter weights to start from")
-    tune.add_argument("--lora-rank", type=int, default=4)
-    tune.add_argument("--lora-targets", choices=["cross", "all"], default="cross",
-                      help="LoRA on cross-attention only or on all attention (default cross)")
-    tune.add_argument("--lora-lr", type=float, default=1e-4)
+    _lora_arguments(tune)
     tune.add_argument("--mse-weight", type=float, default=0.0,
                       help="weight of the denoising MSE term (default 0: off)")
     tune.set_defaults(run=run, stage="tune")
 
+    hn = sub.add_parser("tune-hn-itm", help="baseline: HN-DiffusionITM LoRA tuning (denoising "
+                        "error low under the caption, high under a hard negative)",
+                        description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(hn, steps=400, lr=None)
+    _lora_arguments(hn)
+    hn.add_argument("--hn-weight", type=float, default=1.0,
+                    help="weight of the hard negative's denoising error (default 1)")
+    hn.add_argument("--hn-clip", type=float, default=1.0,
+                    help="that error is clipped at this many times the caption's (default 1, "
+                         "the authors' hinge)")
+    hn.set_defaults(run=run, stage="hn-itm")
 
-def _common(p: argparse.ArgumentParser, steps: int, lr: float) -> None:
+
+def _lora_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lora-rank", type=int, default=4)
+    p.add_argument("--lora-targets", choices=["cross", "all"], default="cross",
+                   help="LoRA on cross-attention only or on all attention (default cross)")
+    p.add_argument("--lora-lr", type=float, default=1e-4)
+
+
+def _common(p: argparse.ArgumentParser, steps: int, lr: float | None) -> None:
+    """The arguments of every stage; with `lr` None, no adapter ones (--lr, loss weights)."""
     p.add_argument("--run-dir", type=Path, required=True, help="folder for checkpoints and logs")
     add_model_argument(p)
     p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--batch", type=int, default=64, help="samples per process per micro-step")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per update")
-    p.add_argument("--lr", type=float, default=lr, help="adapter learning rate")
+    if lr is not None:
+        p.add_argument("--lr", type=float, default=lr, help="adapter learning rate")
     p.add_argument("--t-min", type=int, default=0, help="smallest training timestep")
     p.add_argument("--t-max", type=int, default=1000, help="training timesteps are < this")
-    p.add_argument("--match-weight", type=float, default=1.0)
-    p.add_argument("--ground-weight", type=float, default=1.0)
+    if lr is not None:
+        p.add_argument("--match-weight", type=float, default=1.0)
+        p.add_argument("--ground-weight", type=float, default=1.0)
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--keep-checkpoints", type=int, default=2, metavar="N",
+                   help="newest checkpoints kept (default 2); 0 keeps all, for `dpt report`'s "
+                        "curve against training steps")
     p.add_argument("--resume", choices=["latest", "no"], default="latest",
                    help="continue from the run folder's latest checkpoint (default) or start over")
     p.add_argument("--seed", type=int, default=0)
@@ -113,7 +137,10 @@ def _settings(args: argparse.Namespace):
     for name in ("steps", "batch", "grad_accum", "checkpoint_every"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("lr", "match_weight", "ground_weight", "lora_lr", "mse_weight"):
+    if args.keep_checkpoints < 0:
+        raise UsageError(f"--keep-checkpoints must be >= 0, got {args.keep_checkpoints}")
+    for name in ("lr", "match_weight", "ground_weight", "lora_lr", "mse_weight", "hn_weight",
+                 "hn_clip"):
         value = getattr(args, name, 0.0)
         if not math.isfinite(value) or value < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
@@ -127,10 +154,13 @@ def _settings(args: argparse.Namespace):
                              "pip install tensorboard") from None
     return TrainSettings(
         stage=args.stage, steps=args.steps, batch=args.batch, grad_accum=args.grad_accum,
-        lr=args.lr, lora_lr=getattr(args, "lora_lr", 1e-4), t_min=args.t_min, t_max=args.t_max,
-        match_weight=args.match_weight, ground_weight=args.ground_weight,
-        mse_weight=getattr(args, "mse_weight", 0.0), mixed_precision=args.mixed_precision,
-        checkpoint_every=args.checkpoint_every, seed=args.seed,
+        lr=getattr(args, "lr", 0.0), lora_lr=getattr(args, "lora_lr", 1e-4), t_min=args.t_min,
+        t_max=args.t_max, match_weight=getattr(args, "match_weight", 0.0),
+        ground_weight=getattr(args, "ground_weight", 0.0),
+        mse_weight=getattr(args, "mse_weight", 0.0), hn_weight=getattr(args, "hn_weight", 1.0),
+        hn_clip=getattr(args, "hn_clip", 1.0), mixed_precision=args.mixed_precision,
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+        seed=args.seed,
         log_with="tensorboard" if args.tensorboard else None)
 
 
@@ -141,9 +171,12 @@ def _dpt_config(args: argparse.Namespace, bundle):
     from ..features import block_names
     from ..lora import LoraSettings
 
+    if args.stage != "probe" and args.lora_rank < 1:
+        raise UsageError(f"--lora-rank must be >= 1, got {args.lora_rank}")
+    if args.stage == "hn-itm":  # LoRA only; the block is never read
+        return DPTConfig(adapter=None, lora=LoraSettings(
+            rank=args.lora_rank, alpha=float(args.lora_rank), targets=args.lora_targets)), None
     if args.stage == "tune":
-        if args.lora_rank < 1:
-            raise UsageError(f"--lora-rank must be >= 1, got {args.lora_rank}")
         try:
             heads, config = load_dpt(args.init)
         except ValueError as err:
@@ -233,7 +266,7 @@ def _check_run_folder(run_dir: Path, model: Path, config, settings, resume: bool
 
     record = {"model": str(model), "dpt": config.to_dict(),
               "settings": {k: v for k, v in asdict(settings).items()
-                           if k not in ("checkpoint_every", "log_with")}}
+                           if k not in ("checkpoint_every", "keep_checkpoints", "log_with")}}
     file = Path(run_dir) / "run_config.json"
     if resume and file.is_file():
         old = json.loads(file.read_text())

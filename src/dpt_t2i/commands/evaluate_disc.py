@@ -5,6 +5,12 @@ text-to-image and overall (their mean). Referring expressions: accuracy at IoU >
 split. On the Shapes world (default) both run on fresh ID and OOD scenes; with COCO captions
 and/or RefCOCO files they run on those (`--refcoco-splits`, default val,testA,testB).
 Every image is noised once to `--timestep` with seeded noise before the U-Net reads it.
+
+`--method` picks the scorer: `dpt` (default; the DPT folder's adapter), `clip` (the Shapes
+CLIP zero-shot, or `--clip-model PATH`: cosine of image and text embeddings) or
+`diffusion-itm` (the U-Net's denoising error over `--itm-timesteps`, zero-shot; with `--dpt`
+a LoRA folder such as `dpt tune-hn-itm`'s final/, which gives HN-DiffusionITM). The two
+baselines score ITM only. The result names how many U-Net evaluations one pair costs.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 from pathlib import Path
 
 from ..errors import UsageError
+from ..eval.zero_shot import DEFAULT_TIMESTEPS
 from .model_args import (add_model_argument, add_threads_argument, model_folder,
                          quiet_loading, set_threads)
 
@@ -22,8 +29,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate-disc", help="image-text matching and referring-expression "
                        "accuracy of a DPT model", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dpt", type=Path, required=True, metavar="PATH",
-                   help="a DPT folder (a probe or tune run's final/)")
+    p.add_argument("--method", choices=METHODS, default="dpt",
+                   help="scorer (default dpt; see above)")
+    p.add_argument("--dpt", type=Path, default=None, metavar="PATH",
+                   help="a DPT folder (a probe or tune run's final/); needed by --method dpt, "
+                        "optional LoRA for diffusion-itm")
+    p.add_argument("--clip-model", type=Path, default=None, metavar="PATH",
+                   help="--method clip: a transformers CLIP folder (default: the Shapes CLIP)")
+    p.add_argument("--itm-timesteps", default=",".join(map(str, DEFAULT_TIMESTEPS)),
+                   metavar="T,T,...", help="--method diffusion-itm: the timesteps whose "
+                   "denoising errors are averaged (default 50,150,...,950)")
     add_model_argument(p)
     p.add_argument("--timestep", type=int, default=100, help="noise level t the U-Net sees "
                    "(default 100)")
@@ -46,30 +61,85 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+METHODS = ("dpt", "clip", "diffusion-itm")
+
+
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
+    if args.method == "dpt" and args.dpt is None:
+        raise UsageError("--method dpt needs --dpt PATH (a probe or tune run's final/)")
+    if args.method == "clip" and args.dpt is not None:
+        raise UsageError("--method clip reads no DPT folder; drop --dpt")
+    timesteps = _timesteps(args.itm_timesteps)
     if not 0 <= args.timestep < 1000:
         raise UsageError(f"--timestep must be in [0, 1000), got {args.timestep}")
     if args.n_itm < 0 or args.n_rec < 0 or args.n_itm + args.n_rec == 0:
         raise UsageError("--n-itm and --n-rec must be >= 0 and not both 0")
+    if args.method != "dpt":
+        if args.n_itm == 0:
+            raise UsageError(f"--method {args.method} scores image-text matching only; "
+                             "--n-itm must be > 0")
+        args.n_rec = 0  # the baselines draw no boxes
     model = model_folder(args.model)
     quiet_loading()
     from ..bundle import load_bundle
-    from ..dpt import load_dpt
-    from ..eval.discriminative import DiscriminativeScorer
 
     bundle = load_bundle(model)
-    try:
-        heads, config = load_dpt(args.dpt, bundle.unet)
-    except ValueError as err:
-        raise UsageError(f"--dpt: {err}") from None
-    scorer = DiscriminativeScorer(bundle, heads, config, args.timestep, args.seed)
+    settings = {"method": args.method, "dpt": str(args.dpt) if args.dpt else None,
+                "model": str(model), "seed": args.seed}
+    scorer = _scorer(args, bundle, timesteps, settings)
     real = any(getattr(args, k) for k in ("coco_captions", "coco_images", "refcoco_refs"))
     result = _real(args, scorer, bundle) if real else _shapes(args, scorer)
-    result["settings"] = {"dpt": str(args.dpt), "model": str(model), "timestep": args.timestep,
-                          "seed": args.seed, "condition": config.condition, "block": config.block}
+    settings["unet_evals_per_pair"] = scorer.unet_evals_per_pair
+    result["settings"] = settings
     print(json.dumps(result) if args.json else format_tables(result))
     return 0
+
+
+def _timesteps(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        steps = ()
+    if not steps or not all(0 <= t < 1000 for t in steps):
+        raise UsageError(f"--itm-timesteps must be comma-separated whole numbers in [0, 1000), "
+                         f"got {text!r}")
+    return steps
+
+
+def _scorer(args, bundle, timesteps: tuple[int, ...], settings: dict):
+    """The scorer of --method; records its settings."""
+    from ..dpt import load_dpt
+
+    if args.method == "clip":
+        from transformers import CLIPModel, CLIPTokenizer
+
+        from ..eval.quality import CLIP_FOLDER
+        from ..eval.zero_shot import CLIPScorer
+
+        folder = args.clip_model or CLIP_FOLDER
+        try:
+            clip = CLIPModel.from_pretrained(folder, local_files_only=True)
+            tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--clip-model {folder}: not a transformers CLIP folder with its "
+                             f"tokenizer ({str(err).splitlines()[0]})") from None
+        settings["clip_model"] = str(folder)
+        return CLIPScorer(clip, tokenizer)
+    try:
+        heads, config = (load_dpt(args.dpt, bundle.unet, lora_only_ok=args.method != "dpt")
+                         if args.dpt is not None else (None, None))
+    except ValueError as err:
+        raise UsageError(f"--dpt: {err}") from None
+    if args.method == "diffusion-itm":
+        from ..eval.zero_shot import DiffusionITMScorer
+
+        settings["itm_timesteps"] = list(timesteps)
+        return DiffusionITMScorer(bundle, timesteps, args.seed)
+    from ..eval.discriminative import DiscriminativeScorer
+
+    settings.update(timestep=args.timestep, condition=config.condition, block=config.block)
+    return DiscriminativeScorer(bundle, heads, config, args.timestep, args.seed)
 
 
 def _shapes(args, scorer) -> dict:
@@ -136,4 +206,8 @@ def format_tables(result: dict) -> str:
                   for s, r in result["rec"].items()]
     if result.get("skipped_images"):
         lines += ["", f"skipped {result['skipped_images']} missing or unreadable images"]
+    settings = result.get("settings", {})
+    if "unet_evals_per_pair" in settings:
+        lines += ["", f"{settings['method']}: {settings['unet_evals_per_pair']} U-Net "
+                  "evaluation(s) per image-text pair"]
     return "\n".join(lines).strip()

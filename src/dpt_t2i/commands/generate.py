@@ -10,6 +10,13 @@ Methods: on the shipped Shapes model the default is DPT (its shipped DPT weights
 into the U-Net); `--base` samples the model alone; `--dpt PATH` takes another DPT folder
 (on a model other than the shipped one, the default is the base model); `--self-correct ETA`
 adds self-correction, z_t <- z_t + ETA * grad s(z_t, y) before each noise prediction.
+`--attend-excite` samples the base model with Attend-and-Excite (diffusers' pipeline; subject
+tokens found automatically, or `--subject-words`), a baseline.
+
+Benchmarks: `--benchmark NAME --benchmark-file PATH` takes the prompts of CC-500, ABC-6K,
+COCO-NSS1K, T2I-CompBench or GenEval in their published formats (data/benchmarks.py); each
+image's record then carries the prompt's metadata under "benchmark". With `--benchmark
+geneval`, `--geneval-out DIR` also lays the images out as GenEval's evaluator reads them.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import TYPE_CHECKING
 from tqdm.auto import tqdm
 
 from ..bundle import ModelBundle, default_model_path, load_bundle, read_vocabulary
+from ..data.benchmarks import check_geneval_out, write_geneval_layout
 from ..errors import UsageError
 from ..image_folder import (INDEX, check_output_folder, publish, staging_folder, write_index,
                             write_png)
@@ -31,7 +39,8 @@ from ..guidance import DEFAULT_T_RANGE, MODES, MatchScore, SelfCorrection
 from ..sampling import (SCHEDULERS, decode, encode_prompts, image_generators, initial_latents,
                         make_scheduler, sample, unet_model_fn)
 from .model_args import model_folder, quiet_loading
-from .prompt_input import add_prompt_arguments, check_vocabulary, read_prompts
+from .prompt_input import (add_benchmark_arguments, add_prompt_arguments, check_vocabulary,
+                           read_prompt_set)
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
@@ -44,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="generate images from prompts", description=__doc__,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     add_prompt_arguments(gen)
+    add_benchmark_arguments(gen)
     gen.add_argument("--out", type=Path, required=True, metavar="DIR",
                      help="output folder for the PNGs and index.jsonl")
     gen.add_argument("--num-images", type=int, default=4, metavar="N",
@@ -76,26 +86,40 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="carry: later steps continue from the corrected latent (default); "
                           "predict-only: only the noise prediction sees it, as the authors' "
                           "sampler does")
+    gen.add_argument("--attend-excite", action="store_true",
+                     help="baseline: the base model sampled with Attend-and-Excite")
+    gen.add_argument("--subject-words", default=None, metavar="W,W,...",
+                     help="--attend-excite: the words whose attention it excites, the same for "
+                          "every prompt (default: the shape nouns on a Shapes model, else each "
+                          "phrase's last word)")
+    gen.add_argument("--geneval-out", type=Path, default=None, metavar="DIR",
+                     help="with --benchmark geneval: also write DIR/<prompt>/metadata.jsonl "
+                          "and DIR/<prompt>/samples/<n>.png, GenEval's evaluator's layout")
     gen.add_argument("--overwrite", action="store_true",
-                     help="replace an earlier run in DIR (its index and images)")
+                     help="replace an earlier run in DIR (its index and images), and the "
+                          "prompt folders in --geneval-out DIR")
     gen.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     _check_settings(args)
-    prompts = read_prompts(args)
+    prompts, benchmark = read_prompt_set(args)
     model = model_folder(args.model)
     vocabulary = read_vocabulary(model)
     if vocabulary is not None:
         check_vocabulary(prompts, vocabulary, model)
-    dpt = dpt_folder(args, model)
-    records = plan_images(prompts, args, model, dpt)
+    dpt = None if args.attend_excite else dpt_folder(args, model)
+    records = plan_images(prompts, args, model, dpt, benchmark)
     out = check_output_folder(args.out, [r["file"] for r in records], overwrite=args.overwrite)
+    geneval_out = _geneval_folder(args.geneval_out, out, args.overwrite)
 
     quiet_loading()
     bundle = load_bundle(model)
     _check_lengths(bundle.tokenizer, prompts)
     method = Method()
+    if args.attend_excite:
+        method.subjects = _subject_indices(bundle, prompts, records, args.subject_words,
+                                           vocabulary)
     if dpt is not None:
         try:
             method.heads, method.config = load_for_sampling(dpt, bundle.unet)
@@ -112,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
         write_index(stage, records)
         publish(stage, out, overwrite=args.overwrite)
     print(f"wrote {len(records)} images and {INDEX} to {out}")
+    if geneval_out is not None:
+        n = write_geneval_layout(out, geneval_out, overwrite=args.overwrite)
+        print(f"wrote GenEval's layout of {n} prompt folders to {geneval_out}")
     return 0
 
 
@@ -136,6 +163,25 @@ def _check_settings(args: argparse.Namespace) -> None:
     if args.base and (args.dpt is not None or eta is not None):
         flag = "--dpt" if args.dpt is not None else "--self-correct"
         raise UsageError(f"--base samples the model without DPT; it cannot go with {flag}")
+    if args.attend_excite and (args.base or args.dpt is not None or eta is not None):
+        raise UsageError("--attend-excite samples the base model its own way; it cannot go "
+                         "with --base, --dpt or --self-correct")
+    if args.subject_words is not None and not args.attend_excite:
+        raise UsageError("--subject-words is read by --attend-excite only")
+    if args.geneval_out is not None and args.benchmark != "geneval":
+        raise UsageError("--geneval-out needs --benchmark geneval (GenEval's metadata goes "
+                         "into each prompt folder)")
+
+
+def _geneval_folder(folder: Path | None, out: Path, overwrite: bool) -> Path | None:
+    """The checked --geneval-out folder (None if not given): apart from the run's folder."""
+    if folder is None:
+        return None
+    folder = check_geneval_out(folder, overwrite)
+    if folder == out or folder in out.parents or out in folder.parents:
+        raise UsageError(f"--geneval-out {folder} must lie apart from --out {out}, neither "
+                         "inside the other")
+    return folder
 
 
 def dpt_folder(args: argparse.Namespace, model: Path) -> Path | None:
@@ -168,6 +214,7 @@ class Method:
     eta: float = 0.0                               # self-correction off at 0
     t_range: tuple[float, float] = DEFAULT_T_RANGE  # timesteps on which to correct
     mode: str = "carry"
+    subjects: dict[str, list[int]] | None = None   # Attend-and-Excite: prompt -> token indices
 
     def model_fn(self, bundle: ModelBundle, prompts: list[str]) -> ModelFn | None:
         """The batch's noise prediction: None (the plain U-Net) unless self-correcting."""
@@ -182,8 +229,38 @@ class Method:
                               self.mode)
 
 
+def _subject_indices(bundle: ModelBundle, prompts: list[str], records: list[dict],
+                     words: str | None, vocabulary: tuple[str, ...] | None
+                     ) -> dict[str, list[int]]:
+    """Each prompt's A&E token indices (also written into its records); UsageError naming a
+    prompt without subject words."""
+    from ..attend_excite import subject_words, token_indices
+    from ..data.shapes.world import SHAPES
+
+    nouns = None
+    if words is not None:
+        nouns = [w.strip() for w in words.split(",") if w.strip()]
+    elif vocabulary is not None:
+        nouns = [*SHAPES, *(s + "s" for s in SHAPES)]
+    out = {}
+    for prompt in prompts:
+        found = subject_words(prompt, nouns)
+        if not found:
+            raise UsageError(f"--attend-excite: prompt {prompt!r} has no subject word to excite "
+                             "(give them with --subject-words)")
+        try:
+            out[prompt] = token_indices(bundle.tokenizer, prompt, found)
+        except ValueError as err:
+            raise UsageError(f"--attend-excite: {err}") from None
+    for record in records:
+        record["subject_tokens"] = out[record["prompt"]]
+    return out
+
+
 def method_settings(args: argparse.Namespace, dpt: Path | None) -> dict:
     """The index fields that say which method made an image."""
+    if args.attend_excite:
+        return {"method": "attend-excite"}
     if dpt is None:
         return {"method": "base"}
     if args.self_correct is None:
@@ -193,8 +270,12 @@ def method_settings(args: argparse.Namespace, dpt: Path | None) -> dict:
 
 
 def plan_images(prompts: list[str], args: argparse.Namespace, model: Path,
-                dpt: Path | None = None) -> list[dict]:
-    """One index record per image, in run order: image k gets seed S+k and file k.png."""
+                dpt: Path | None = None, benchmark: list[dict] | None = None) -> list[dict]:
+    """One index record per image, in run order: image k gets seed S+k and file k.png.
+
+    `benchmark` (one dict per prompt, from `read_prompt_set`) goes into each of the prompt's
+    records under "benchmark".
+    """
     settings = {"steps": args.steps, "guidance": args.guidance, "scheduler": args.scheduler,
                 "model": str(model), **method_settings(args, dpt)}
     records = []
@@ -203,6 +284,8 @@ def plan_images(prompts: list[str], args: argparse.Namespace, model: Path,
             k = len(records)
             records.append({"file": f"{k:05d}.png", "prompt": prompt, "prompt_index": p,
                             "seed": args.seed + k, **settings})
+            if benchmark is not None:
+                records[-1]["benchmark"] = benchmark[p]
     return records
 
 
@@ -230,6 +313,11 @@ def render(bundle: ModelBundle, records: list[dict], folder: Path, steps: int, g
     """
     method = method or Method()
     scheduler = make_scheduler(scheduler_name, bundle.scheduler_config)
+    pipe = None
+    if method.subjects is not None:
+        from ..attend_excite import build_pipeline
+
+        pipe = build_pipeline(bundle, scheduler)
     with tqdm(total=len(records), unit="image", desc="generate", dynamic_ncols=True) as bar:
         for start in range(0, len(records), batch_size):
             batch = records[start:start + batch_size]
@@ -238,10 +326,19 @@ def render(bundle: ModelBundle, records: list[dict], folder: Path, steps: int, g
             scheduler.set_timesteps(steps)
             latents = initial_latents(seeds, bundle.latent_shape(), scheduler, generators)
             prompts = [r["prompt"] for r in batch]
-            cond = encode_prompts(bundle, prompts)  # (b, L, D)
-            uncond = encode_prompts(bundle, [""] * len(batch)) if guidance > 1 else None
-            latents = sample(bundle, cond, uncond, latents, steps, guidance, scheduler,
-                             model_fn=method.model_fn(bundle, prompts), generators=generators)
-            for record, image in zip(batch, decode(bundle, latents)):
+            if pipe is not None:
+                from ..attend_excite import sample_attend_excite
+
+                images = sample_attend_excite(pipe, bundle, prompts,
+                                              [method.subjects[p] for p in prompts], latents,
+                                              steps, guidance)
+            else:
+                cond = encode_prompts(bundle, prompts)  # (b, L, D)
+                uncond = encode_prompts(bundle, [""] * len(batch)) if guidance > 1 else None
+                latents = sample(bundle, cond, uncond, latents, steps, guidance, scheduler,
+                                 model_fn=method.model_fn(bundle, prompts),
+                                 generators=generators)
+                images = decode(bundle, latents)
+            for record, image in zip(batch, images):
                 write_png(folder / record["file"], image)
             bar.update(len(batch))

@@ -1,10 +1,12 @@
-"""Prompts from the command line: `--prompt TEXT` (repeatable) or `--prompts-file FILE`."""
+"""Prompts from the command line: `--prompt TEXT` (repeatable), `--prompts-file FILE`, or a
+benchmark set in its published format (`--benchmark NAME --benchmark-file PATH`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ..data.benchmarks import BENCHMARKS, read_benchmark
 from ..errors import UsageError
 
 
@@ -13,6 +15,38 @@ def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a prompt (repeat for several)")
     parser.add_argument("--prompts-file", type=Path, metavar="FILE",
                         help="a UTF-8 text file with one prompt a line (blank lines skipped)")
+
+
+def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--benchmark", metavar="NAME",
+                        help=f"take the prompts of a benchmark set, one of "
+                             f"{', '.join(BENCHMARKS)}, from --benchmark-file; each image's "
+                             "index record then carries the prompt's metadata under "
+                             "\"benchmark\"")
+    parser.add_argument("--benchmark-file", type=Path, metavar="PATH",
+                        help="the set's file in its published format (CC-500.txt, ABC-6K.txt, a "
+                             "COCO-NSS1K .json, a T2I-CompBench <category>_val.txt, GenEval's "
+                             "evaluation_metadata.jsonl), or the folder of COCO-NSS1K or "
+                             "T2I-CompBench files")
+
+
+def read_prompt_set(args: argparse.Namespace) -> tuple[list[str], list[dict] | None]:
+    """The run's prompts and, from `--benchmark`, each prompt's metadata (else None).
+
+    Raises UsageError if the prompts are given more than one way or a set's file is bad.
+    """
+    if args.benchmark is None and args.benchmark_file is None:
+        return read_prompts(args), None
+    if args.prompt or args.prompts_file:
+        raise UsageError("give prompts with --prompt, --prompts-file or --benchmark, not several")
+    if args.benchmark is None:
+        raise UsageError(f"--benchmark-file needs --benchmark NAME, one of "
+                         f"{', '.join(BENCHMARKS)}")
+    if args.benchmark_file is None:
+        raise UsageError(f"--benchmark {args.benchmark} needs --benchmark-file PATH, the "
+                         "set's file")
+    prompts = read_benchmark(args.benchmark, args.benchmark_file)
+    return [p.text for p in prompts], [p.metadata for p in prompts]
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:

@@ -40,15 +40,45 @@ def judge_folders(folders: list[Path]) -> list[dict]:
 
 
 def _checked_prompt(folder: Path, record: dict) -> Prompt:
-    index = folder / "index.jsonl"
     try:
         prompt = parse_prompt(record["prompt"])
     except PromptError as err:
-        raise UsageError(f"{index}: prompt {record['prompt']!r} of {record['file']} is not a "
-                         f"Shapes prompt: {err}") from None
-    if not (folder / record["file"]).is_file():
-        raise UsageError(f"{index} names {record['file']}, which is missing")
+        raise UsageError(f"{folder / 'index.jsonl'}: {_not_shapes(record, err)}") from None
+    _check_file(folder, record)
     return prompt
+
+
+def _not_shapes(record: dict, err: PromptError) -> str:
+    return f"prompt {record['prompt']!r} of {record['file']} is not a Shapes prompt: {err}"
+
+
+def _check_file(folder: Path, record: dict) -> None:
+    if not (folder / record["file"]).is_file():
+        raise UsageError(f"{folder / 'index.jsonl'} names {record['file']}, which is missing")
+
+
+def unjudged_folders(folders: list[Path]) -> dict[Path, tuple[str, list[dict]]]:
+    """{folder: (why not, records)} for the folders the Shapes judge cannot read.
+
+    A folder is left unjudged when one of its prompts is not a Shapes prompt (`why not`
+    names the first); its records (file, prompt, folder) are checked to name existing files,
+    as `judge_folders` checks them.
+    """
+    out = {}
+    for folder in map(Path, folders):
+        records = read_index(folder, ("file", "prompt"))
+        why = None
+        for record in records:
+            try:
+                parse_prompt(record["prompt"])
+            except PromptError as err:
+                why = _not_shapes(record, err)
+                break
+        if why is not None:
+            for record in records:
+                _check_file(folder, record)
+            out[folder] = (why, [{**r, "folder": str(folder)} for r in records])
+    return out
 
 
 def summarize(verdicts: list[dict]) -> dict[str, dict[str, float]]:
@@ -65,15 +95,22 @@ def summarize(verdicts: list[dict]) -> dict[str, dict[str, float]]:
     return table
 
 
+# measured columns a table may carry: key -> (heading, format); "-" where a row lacks the key
+COLUMNS = {"fd": ("FD to renders", "{:.2f}"), "clip_score": ("CLIPScore", "{:.2f}"),
+           "fid": ("FID", "{:.2f}"), "is": ("IS", "{:.2f}")}
+
+
 def format_table(table: dict[str, dict[str, float]]) -> str:
-    """A Markdown table: one row per split, one column per family (and `fd` when measured)."""
-    quality = all("fd" in row for row in table.values())
-    head = ["split", *FAMILIES, "overall", "images"] + (["FD to renders"] if quality else [])
+    """A Markdown table: one row per split (or unjudged folder), one column per family, then
+    one per measured column of `COLUMNS` that some row has."""
+    measured = [k for k in COLUMNS if any(k in row for row in table.values())]
+    first = "split" if set(table) <= {"id", "ood"} else "split / folder"
+    head = [first, *FAMILIES, "overall", "images"] + [COLUMNS[k][0] for k in measured]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for split, row in table.items():
         cells = [split] + [f"{row[f]:.3f}" if f in row else "-" for f in (*FAMILIES, "overall")]
         cells.append(str(row["n"]))
-        if quality:
-            cells.append(f"{row['fd']:.2f}")
+        cells += [COLUMNS[k][1].format(row[k]) if row.get(k) is not None else "-"
+                  for k in measured]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

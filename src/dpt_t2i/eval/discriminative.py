@@ -76,12 +76,21 @@ def shapes_rec_items(seed: int, split: str, n: int) -> list[RECItem]:
 
 
 class DiscriminativeScorer:
-    """Noises images once and scores them with a DPT model (heads + possibly LoRA'd U-Net)."""
+    """Noises images once and scores them with a DPT model (heads + possibly LoRA'd U-Net).
+
+    A scorer gives `encode(images)` and `pair_scores(encoded, texts, pairs)` (ITM), and here
+    also `rec_boxes` (REC); `zero_shot` has adapter-free scorers with the same ITM methods.
+    """
+
+    unet_evals_per_pair = 1  # at most: empty-condition features are computed once per image
 
     def __init__(self, bundle, heads: DPTHeads, config: DPTConfig, timestep: int = 100,
                  seed: int = 0):
         self.bundle, self.heads, self.config = bundle, heads.eval(), config
         self.timestep, self.seed = timestep, seed
+
+    def encode(self, images: list[np.ndarray]) -> Tensor:
+        return self.noisy_latents(images)
 
     @torch.no_grad()
     def noisy_latents(self, images: list[np.ndarray]) -> Tensor:
@@ -153,15 +162,19 @@ class DiscriminativeScorer:
         return torch.cat(boxes)
 
 
-def evaluate_itm(scorer: DiscriminativeScorer, items: list[ITMItem],
+def evaluate_itm(scorer, items: list[ITMItem],
                  batch: int = 64, progress: bool = False) -> dict:
-    """i2t, t2i and overall accuracy (1 positive vs 3 negatives) over `items`."""
+    """i2t, t2i and overall accuracy (1 positive vs 3 negatives) over `items`.
+
+    Args:
+        scorer: a `DiscriminativeScorer`, or any object with its `encode` and `pair_scores`.
+    """
     i2t, t2i = [], []
     for start in tqdm(range(0, len(items), batch), desc="itm", disable=not progress):
         chunk = items[start:start + batch]
         images = [im for item in chunk for im in item.images]  # 4 per item
         texts = [tx for item in chunk for tx in item.texts]  # 4 per item
-        latents = scorer.noisy_latents(images)
+        latents = scorer.encode(images)
         pairs = []
         for k in range(len(chunk)):
             pairs += [(4 * k, 4 * k + j) for j in range(4)]  # image 0 vs the 4 texts
@@ -179,7 +192,7 @@ def evaluate_rec(scorer: DiscriminativeScorer, items: list[RECItem], batch: int 
     ious = []
     for start in tqdm(range(0, len(items), batch), desc="rec", disable=not progress):
         chunk = items[start:start + batch]
-        latents = scorer.noisy_latents([it.image for it in chunk])
+        latents = scorer.encode([it.image for it in chunk])
         pred = scorer.rec_boxes(latents, [it.refexp for it in chunk])
         target = torch.tensor([it.box for it in chunk], dtype=pred.dtype)
         iou, _ = box_iou(box_cxcywh_to_xyxy(pred.cpu()), box_cxcywh_to_xyxy(target))

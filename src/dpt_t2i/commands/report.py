@@ -1,0 +1,109 @@
+"""`dpt report`: the paper's Tables 1-4 and Figs. 3-5 on the Shapes model, in one folder.
+
+Generates the Shapes benchmark prompts of both splits with every method (base model,
+Attend-and-Excite, HN-DiffusionITM LoRA, DPT, DPT + self-correction, and the stage-2
+ablations) from the same seeds, judges them, measures image quality and cost, evaluates
+every discriminative method on the same image-text matching and REC items, and writes
+README.md (all tables), report.json, fig3-blocks.png, fig4a-steps.png, fig4b-eta.png and
+fig5-grid.png into --out. Every run is cached in --work, so a stopped report continues and
+a second one only rewrites the folder. Rows whose trained folders are not given are left
+out; the README names them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from ..errors import UsageError
+from .model_args import add_threads_argument, quiet_loading, set_threads
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="the paper's tables and figures on the Shapes model",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="where the tables, plots and grid go")
+    p.add_argument("--work", type=Path, required=True, metavar="DIR",
+                   help="cache of generated images and evaluations (reused when it matches)")
+    trained = p.add_argument_group("trained folders (rows without theirs are left out)")
+    trained.add_argument("--dpt", type=Path, default=None, metavar="DIR",
+                         help="stage-2 DPT folder (default: the shipped Shapes DPT weights)")
+    trained.add_argument("--probe", type=Path, default=None, metavar="DIR",
+                         help="the stage-1 DPT folder it was tuned from")
+    trained.add_argument("--hn-itm", type=Path, default=None, metavar="DIR",
+                         help="`dpt tune-hn-itm`'s final/ (the HN-DiffusionITM baseline)")
+    trained.add_argument("--match-only", type=Path, default=None, metavar="DIR",
+                         help="stage 2 trained with --ground-weight 0 (Table 4)")
+    trained.add_argument("--ground-only", type=Path, default=None, metavar="DIR",
+                         help="stage 2 trained with --match-weight 0 (Table 4)")
+    trained.add_argument("--curve", type=Path, default=None, metavar="RUN_DIR",
+                         help="a `dpt tune` run folder trained with --keep-checkpoints 0 "
+                              "(Fig. 4a)")
+    trained.add_argument("--sweep", type=Path, default=None, metavar="RUN_DIR",
+                         help="a `dpt sweep-blocks` run folder (Fig. 3)")
+    p.add_argument("--seed", type=int, default=1000, help="generation seed (default 1000)")
+    p.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
+    p.add_argument("--eta", type=float, default=10.0,
+                   help="self-correction strength of DPT + SC (default 10)")
+    p.add_argument("--etas", default="0,5,10,20,40", help="Fig. 4b's etas (default 0,5,10,20,40)")
+    p.add_argument("--n-itm", type=int, default=200, help="ITM items per split (default 200)")
+    p.add_argument("--n-itm-diffusion", type=int, default=100,
+                   help="ITM items per split for DiffusionITM, 10 U-Net passes a pair "
+                        "(default 100)")
+    p.add_argument("--n-rec", type=int, default=400, help="REC items per split (default 400)")
+    p.add_argument("--per-family", type=int, default=20,
+                   help="benchmark prompts per family (default 20, `dpt prompts`'s lists; "
+                        "fewer makes a quick, noisier report)")
+    p.add_argument("--no-attend-excite", action="store_true",
+                   help="leave Attend-and-Excite out (it is the slowest method)")
+    add_threads_argument(p)
+    p.set_defaults(run=run)
+
+
+def command_line(args: argparse.Namespace) -> list[str]:
+    """The report's arguments as a command line (defaults left out), for its README."""
+    defaults = vars(build_defaults())
+    argv = ["report"]
+    for key, value in vars(args).items():
+        if key in ("run", "command") or value == defaults.get(key):
+            continue
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
+
+
+def build_defaults() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    register(sub)
+    return parser.parse_args(["report", "--out", "", "--work", ""])
+
+
+def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    quiet_loading()
+    from ..report import ReportSettings, Work, build_report, inputs_from_args
+
+    try:
+        etas = tuple(float(e) for e in args.etas.split(",") if e.strip())
+    except ValueError:
+        etas = ()
+    if not etas or not all(math.isfinite(e) and e >= 0 for e in etas):
+        raise UsageError(f"--etas must be comma-separated numbers >= 0, got {args.etas!r}")
+    for flag in ("num_images", "n_itm", "n_itm_diffusion", "n_rec", "per_family"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if not (math.isfinite(args.eta) and args.eta > 0):
+        raise UsageError(f"--eta must be a finite number > 0, got {args.eta}")
+    if args.out.resolve() == args.work.resolve():
+        raise UsageError("--out and --work must be different folders")
+    inputs = inputs_from_args(args)
+    settings = ReportSettings(seed=args.seed, num_images=args.num_images, eta=args.eta, etas=etas,
+                              n_itm=args.n_itm, n_itm_diffusion=args.n_itm_diffusion,
+                              n_rec=args.n_rec, attend_excite=not args.no_attend_excite,
+                              per_family=args.per_family, threads=args.threads)
+    build_report(Work(args.work, settings), inputs, args.out, command_line(args))
+    print(f"wrote {args.out / 'README.md'}")
+    return 0

@@ -1,0 +1,103 @@
+"""Discriminative baselines that need no adapter, scored like `DiscriminativeScorer`.
+
+Both give `encode(images)` and `pair_scores(encoded, texts, pairs)`, so `evaluate_itm` runs
+them on the same items as a DPT model:
+- `CLIPScorer`: cosine similarity of a CLIP model's image and text embeddings (the Shapes
+  CLIP by default); no U-Net evaluation.
+- `DiffusionITMScorer`: DiffusionITM (Krojer et al., NeurIPS 2023), the text-to-image model
+  as a zero-shot matcher. A pair (x, y) scores e(x, "") - e(x, y), where e is the denoising
+  error averaged over fixed timesteps with fixed noise per image; subtracting the
+  unconditional error is the authors' normalisation for choosing among images (it changes
+  nothing when choosing among texts). With LoRA on the U-Net (an HN-DiffusionITM folder from
+  `dpt tune-hn-itm`) it scores the tuned model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data.samples import images_to_tensor
+from ..text import encode_texts, tokenize
+
+CHUNK = 128  # latents per U-Net call
+DEFAULT_TIMESTEPS = tuple(range(50, 1000, 100))  # 10 levels, 50 .. 950
+
+
+class CLIPScorer:
+    """Image-text matching by a CLIP model's cosine similarity."""
+
+    unet_evals_per_pair = 0
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model.eval(), tokenizer
+
+    @torch.no_grad()
+    def encode(self, images: list[np.ndarray]) -> Tensor:
+        """(N, D) unit image embeddings."""
+        out = []
+        for i in range(0, len(images), CHUNK):
+            feats = self.model.get_image_features(pixel_values=images_to_tensor(images[i:i + CHUNK]))
+            out.append(getattr(feats, "pooler_output", feats))
+        return torch.nn.functional.normalize(torch.cat(out).float(), dim=-1)
+
+    @torch.no_grad()
+    def pair_scores(self, encoded: Tensor, texts: list[str], pairs: list[tuple[int, int]]
+                    ) -> Tensor:
+        feats = self.model.get_text_features(input_ids=tokenize(self.tokenizer, texts).input_ids)
+        text = torch.nn.functional.normalize(getattr(feats, "pooler_output", feats).float(), dim=-1)
+        li, ti = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+        return (encoded[li] * text[ti]).sum(-1)
+
+
+class DiffusionITMScorer:
+    """Zero-shot matching by the U-Net's denoising error (see the module docstring)."""
+
+    def __init__(self, bundle, timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS, seed: int = 0):
+        if not timesteps or not all(0 <= t < 1000 for t in timesteps):
+            raise ValueError(f"timesteps must be a non-empty list in [0, 1000), got {timesteps}")
+        self.bundle, self.timesteps, self.seed = bundle, tuple(timesteps), seed
+        self.unet_evals_per_pair = len(self.timesteps)
+
+    @torch.no_grad()
+    def encode(self, images: list[np.ndarray]) -> Tensor:
+        """(N, C, h, w) clean latents (the VAE posterior mean, scaled)."""
+        vae = self.bundle.vae
+        out = []
+        for i in range(0, len(images), CHUNK):
+            pixels = images_to_tensor(images[i:i + CHUNK]).to(vae.device, vae.dtype)
+            out.append(vae.encode(pixels).latent_dist.mean.float())
+        return torch.cat(out) * float(vae.config.scaling_factor)
+
+    @torch.no_grad()
+    def errors(self, latents: Tensor, states: Tensor) -> Tensor:
+        """(N,) denoising MSE of latent i under text states i (N, L, D), averaged over the
+        timesteps; the noise of timestep k is the same for every text, seeded per image shape."""
+        from diffusers import DDPMScheduler
+
+        scheduler = DDPMScheduler.from_config(self.bundle.scheduler_config)
+        unet = self.bundle.unet
+        gen = torch.Generator().manual_seed(self.seed)
+        noises = torch.randn((len(self.timesteps), *latents.shape[1:]), generator=gen)
+        total = torch.zeros(len(latents))
+        for k, step in enumerate(self.timesteps):
+            noise = noises[k].expand_as(latents).to(latents.device)
+            t = torch.full((len(latents),), step, device=latents.device)
+            noisy = scheduler.add_noise(latents, noise, t)
+            for i in range(0, len(latents), CHUNK):
+                sl = slice(i, i + CHUNK)
+                eps = unet(noisy[sl].to(unet.dtype), t[sl], states[sl].to(unet.dtype)).sample
+                total[sl] += ((eps.float() - noise[sl]) ** 2).mean((1, 2, 3)).cpu()
+        return total / len(self.timesteps)
+
+    @torch.no_grad()
+    def pair_scores(self, encoded: Tensor, texts: list[str], pairs: list[tuple[int, int]]
+                    ) -> Tensor:
+        _, hidden = encode_texts(self.bundle.text_encoder, self.bundle.tokenizer, texts + [""])
+        li, ti = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+        images = sorted(set(li.tolist()))
+        unconditional = self.errors(encoded[images], hidden[-1:].expand(len(images), -1, -1))
+        base = dict(zip(images, unconditional.tolist()))
+        conditional = self.errors(encoded[li], hidden[ti])
+        return torch.tensor([base[i] for i in li.tolist()]) - conditional

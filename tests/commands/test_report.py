@@ -1,0 +1,112 @@
+"""`dpt report` end to end on the shipped Shapes model, at a tiny size."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from dpt_t2i.cli import main
+from dpt_t2i.dpt import default_dpt_path
+
+
+def dpt(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+QUICK = ["--per-family", 1, "--num-images", 1, "--n-itm", 4, "--n-itm-diffusion", 2,
+         "--n-rec", 4, "--etas", "0,10", "--no-attend-excite", "--threads", 2]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    shipped = default_dpt_path()
+    curve = root / "tune-run"  # a tune run folder with one kept checkpoint
+    (curve / "step-00000010").mkdir(parents=True)
+    (curve / "final").mkdir()
+    for name in ("heads.safetensors", "lora.safetensors"):
+        shutil.copy(shipped / name, curve / "step-00000010" / name)
+    shutil.copy(shipped / "dpt_config.json", curve / "final" / "dpt_config.json")
+    sweep = root / "sweep" / "up1"
+    sweep.mkdir(parents=True)
+    block = {"itm": {s: {"overall": 0.6} for s in ("id", "ood")},
+             "rec": {s: {"acc": 0.5} for s in ("id", "ood")}}
+    (sweep / "eval.json").write_text(json.dumps(block))
+    argv = ["report", "--out", root / "out", "--work", root / "work", "--probe", shipped,
+            "--match-only", shipped, "--curve", curve, "--sweep", root / "sweep", *QUICK]
+    assert dpt(*argv) == 0
+    return root, argv
+
+
+def test_report_writes_every_table_and_figure(report):
+    root, _ = report
+    out = root / "out"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md", "fig3-blocks.png", "fig4a-steps.png", "fig4b-eta.png", "fig5-grid.png",
+        "report.json"]
+    text = (out / "README.md").read_text()
+    for heading in ("Table 1", "Table 2", "Table 3", "Table 4", "Fig. 3", "Fig. 4a", "Fig. 4b",
+                    "Fig. 5"):
+        assert f"## {heading}" in text
+    assert "| hn_itm | not given |" in text
+
+
+def test_report_numbers_are_the_folders_numbers(report):
+    from dpt_t2i.eval.alignment import judge_folders, summarize
+
+    root, _ = report
+    data = json.loads((root / "out" / "report.json").read_text())
+    assert list(data["generation"]) == ["base", "dpt", "dpt+sc"]
+    for name, folder in (("base", "base"), ("dpt+sc", "dpt-sc")):
+        for split in ("ood", "id"):
+            direct = summarize(judge_folders([root / "work" / "gen" / f"{folder}-{split}"]))
+            row = data["generation"][name][split]
+            assert row["n"] == 5 and row["overall"] == direct[split]["overall"]
+            assert row["fd"] > 0
+    # eta 0 is the DPT row's generation, eta 10 the DPT + SC row's
+    assert data["eta_sweep"]["0"] == data["generation"]["dpt"]["ood"]
+    assert data["eta_sweep"]["10"] == data["generation"]["dpt+sc"]["ood"]
+    disc = data["discriminative"]
+    assert set(disc) == {"clip", "diffusion-itm", "stage1", "stage2"}
+    assert disc["stage1"]["itm"] == disc["stage2"]["itm"]  # the same folder was given twice
+    assert [disc[k]["settings"]["unet_evals_per_pair"] for k in ("clip", "diffusion-itm")] == [0, 10]
+    assert set(data["curve"]) == {"0", "10"}
+    assert data["curve"]["10"]["disc"]["itm"] == disc["stage2"]["itm"]
+    assert data["curve"]["0"]["generation"] == data["generation"]["base"]["ood"]
+    assert set(data["ablations"]) == {"match-only", "both", "both+sc"}
+    assert set(data["cost"]) == {"base", "dpt", "dpt+sc"}
+
+
+def test_a_second_report_reads_the_cache(report, capsys):
+    root, argv = report
+    stamp = (root / "work" / "gen" / "base-ood" / "index.jsonl").stat().st_mtime_ns
+    capsys.readouterr()
+    assert dpt(*argv) == 0
+    assert "report: generating" not in capsys.readouterr().out
+    assert (root / "work" / "gen" / "base-ood" / "index.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_a_cached_folder_made_otherwise_is_not_reused(report):
+    from dpt_t2i.report import ReportSettings, Work, _matches_plan
+
+    root, _ = report
+    work = Work(root / "work", ReportSettings(per_family=1, num_images=1))
+    folder = root / "work" / "gen" / "base-ood"
+    assert _matches_plan(folder, work.generate_args("ood", ["--base"]))
+    assert not _matches_plan(folder, work.generate_args("ood", ["--base", "--guidance", "5"]))
+    assert not _matches_plan(folder, work.generate_args("ood", ["--base"], num_images=2))
+    other = Work(root / "work", ReportSettings(per_family=1, num_images=1, seed=7))
+    assert not _matches_plan(folder, other.generate_args("ood", ["--base"]))
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--etas", "0,-1"], "--etas"),
+    (["--eta", "0"], "--eta must be"),
+    (["--hn-itm", "/nonexistent"], "--hn-itm"),
+    (["--per-family", "0"], "--per-family"),
+])
+def test_report_input_errors(tmp_path, capsys, extra, message):
+    assert dpt("report", "--out", tmp_path / "o", "--work", tmp_path / "w", *extra) == 2
+    assert message in capsys.readouterr().err
