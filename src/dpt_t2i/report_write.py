@@ -80,9 +80,11 @@ def _table1(data: dict) -> str:
 def _table2(data: dict) -> str:
     splits = data["settings"]["splits"]
     lines = ["## Table 2: image quality and cost", "",
-             "FD per split (lower is better) and seconds per image, measured one method after "
-             f"another in one process ({data['settings']['cost_images']} OOD prompts, one "
-             "image each, this machine's CPU).", "",
+             "FD per split (lower is better) and seconds per image on this machine's CPU: each "
+             f"method generated the first {data['settings']['cost_images']} OOD prompts and a "
+             "quarter of them (one image each), in two interleaved rounds in one process; the "
+             "cost is the difference of the faster times over the difference in images, so "
+             "model loading cancels out.", "",
              "| method | " + " | ".join(f"FD {s.upper()}" for s in splits) + " | s / image |"
              " relative to base |",
              "|---|" + "---|" * (len(splits) + 2)]
@@ -235,21 +237,29 @@ def _index(folder: Path) -> list[dict]:
 
 
 def _inputs(data: dict) -> str:
-    """How each compared folder was trained (its dpt_config.json "training" record)."""
+    """How each compared folder was trained: a DPT folder's dpt_config.json "training" record,
+    or a run folder's run_config.json."""
     from .dpt import CONFIG_FILE
 
     lines = ["## The trained folders compared", "",
              "| input | folder | stage | steps | settings |", "|---|---|---|---|---|"]
+    keys = {"probe": ("lr", "t_max", "match_weight", "ground_weight", "seed"),
+            "tune": ("lr", "lora_lr", "t_max", "match_weight", "ground_weight", "mse_weight",
+                     "seed"),
+            "hn-itm": ("lora_lr", "t_max", "hn_weight", "hn_clip", "seed")}
     for name, folder in data["inputs"].items():
-        if folder is None or not (Path(folder) / CONFIG_FILE).is_file():
-            if folder is None:
-                lines.append(f"| {name} | not given | - | - | - |")
+        if folder is None:
+            lines.append(f"| {name} | not given | - | - | - |")
             continue
-        training = json.loads((Path(folder) / CONFIG_FILE).read_text()).get("training", {})
-        st = training.get("settings", {})
-        keys = ("lr", "lora_lr", "t_max", "match_weight", "ground_weight", "mse_weight",
-                "hn_weight", "seed")
-        settings = ", ".join(f"{k} {st[k]}" for k in keys if k in st)
+        config, run = Path(folder) / CONFIG_FILE, Path(folder) / "run_config.json"
+        if config.is_file():
+            st = json.loads(config.read_text()).get("training", {}).get("settings", {})
+        elif run.is_file():
+            st = json.loads(run.read_text()).get("settings", {})
+        else:
+            st = {}
+        shown = keys.get(st.get("stage"), ())
+        settings = ", ".join(f"{k} {st[k]}" for k in shown if k in st) or "-"
         lines.append(f"| {name} | `{_short(folder)}` | {st.get('stage', '-')} | "
                      f"{st.get('steps', '-')} | {settings} |")
     return "\n".join(lines)
