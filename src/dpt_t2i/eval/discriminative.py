@@ -75,6 +75,16 @@ def shapes_rec_items(seed: int, split: str, n: int) -> list[RECItem]:
     return items
 
 
+@torch.no_grad()
+def clean_latents(vae, images: list[np.ndarray]) -> Tensor:
+    """(N, C, h, w) scaled VAE posterior means of uint8 images, CHUNK at a time."""
+    out = []
+    for i in range(0, len(images), CHUNK):
+        pixels = images_to_tensor(images[i:i + CHUNK]).to(vae.device, vae.dtype)
+        out.append(vae.encode(pixels).latent_dist.mean.float())
+    return torch.cat(out) * float(vae.config.scaling_factor)
+
+
 class DiscriminativeScorer:
     """Noises images once and scores them with a DPT model (heads + possibly LoRA'd U-Net).
 
@@ -97,12 +107,7 @@ class DiscriminativeScorer:
         """(N, C, h, w) latents of the images noised to the scorer's timestep."""
         from diffusers import DDPMScheduler
 
-        vae = self.bundle.vae
-        out = []
-        for i in range(0, len(images), CHUNK):
-            pixels = images_to_tensor(images[i:i + CHUNK]).to(vae.device, vae.dtype)
-            out.append(vae.encode(pixels).latent_dist.mean.float())
-        latents = torch.cat(out) * float(vae.config.scaling_factor)
+        latents = clean_latents(self.bundle.vae, images)
         gen = torch.Generator().manual_seed(self.seed)
         noise = torch.randn(latents.shape, generator=gen).to(latents.device)
         t = torch.full((len(latents),), self.timestep, device=latents.device)

@@ -60,15 +60,11 @@ class DiffusionITMScorer:
         self.bundle, self.timesteps, self.seed = bundle, tuple(timesteps), seed
         self.unet_evals_per_pair = len(self.timesteps)
 
-    @torch.no_grad()
     def encode(self, images: list[np.ndarray]) -> Tensor:
         """(N, C, h, w) clean latents (the VAE posterior mean, scaled)."""
-        vae = self.bundle.vae
-        out = []
-        for i in range(0, len(images), CHUNK):
-            pixels = images_to_tensor(images[i:i + CHUNK]).to(vae.device, vae.dtype)
-            out.append(vae.encode(pixels).latent_dist.mean.float())
-        return torch.cat(out) * float(vae.config.scaling_factor)
+        from .discriminative import clean_latents
+
+        return clean_latents(self.bundle.vae, images)
 
     @torch.no_grad()
     def errors(self, latents: Tensor, states: Tensor) -> Tensor:
