@@ -52,7 +52,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
                          f"{b.shape}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    root = linalg.sqrtm(cov_a @ cov_b)  # the matrix alone (`disp` is deprecated in SciPy 1.17)
     root = root.real
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
 
