@@ -1,0 +1,133 @@
+"""The referee optimisation core: schedules, augmented views, the hardest-view loss, the
+balance of the two gradients, and EMA restarts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dpt_t2i.referee import RefereeSettings, augment, cosine, optimise, referee_loss
+
+
+def test_cosine_runs_from_start_to_end():
+    assert cosine(0, 160, 1.0, 0.5) == 1.0
+    assert abs(cosine(159, 160, 1.0, 0.5) - 0.5) < 1e-12
+    assert abs(cosine(79.5, 160, 1.0, 0.5) - 0.75) < 1e-12  # the middle
+    values = [cosine(i, 10, 800, 400) for i in range(10)]
+    assert values == sorted(values, reverse=True)
+
+
+def test_views_are_seeded_differentiable_and_in_range():
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    images.requires_grad_(True)
+    a = augment(images, 5, torch.Generator().manual_seed(0))
+    b = augment(images, 5, torch.Generator().manual_seed(0))
+    c = augment(images, 5, torch.Generator().manual_seed(1))
+    assert a.shape == (10, 3, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= -1 and a.max() <= 1
+    a.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    # views differ from each other and from the image, but keep most of it
+    flat = a.detach().view(5, 2, -1)
+    assert not torch.allclose(flat[0], flat[1])
+    corr = torch.corrcoef(torch.stack([flat[0, 0], images.detach().view(2, -1)[0]]))[0, 1]
+    assert corr > 0.3
+
+
+def test_the_loss_reads_the_hardest_views():
+    settings = RefereeSettings(views=6, top_k=2)
+    images = torch.zeros(1, 3, 8, 8)
+    seen = []
+
+    def scorer(x, prompts):
+        scores = torch.arange(len(x), dtype=torch.float32) * 0.1  # view v scores 0.1 v
+        seen.append(len(prompts))
+        return scores + 0 * x.sum()
+
+    loss = referee_loss(scorer, images, ["p"], settings, torch.Generator().manual_seed(0))
+    assert seen == [6] and torch.allclose(loss, torch.tensor([-0.05]))  # mean of 0.0 and 0.1
+    off = RefereeSettings(augment=False)
+    assert torch.allclose(referee_loss(scorer, images, ["p"], off, torch.Generator()),
+                          torch.tensor([0.0]))
+
+
+def _target_scorer(target):
+    def scorer(x, prompts):
+        return -((x - target) ** 2).mean((1, 2, 3))
+    return scorer
+
+
+def test_the_referee_alone_climbs_its_score():
+    target = torch.full((1, 3, 8, 8), 0.5)
+    settings = RefereeSettings(iterations=30, lr=20.0, lr_end=10.0, augment=False, sds=False,
+                               ema=False)
+    history = []
+    out = optimise(torch.tanh, _target_scorer(target), ["p"], torch.zeros(1, 3, 8, 8), settings,
+                   torch.Generator().manual_seed(0), history=history)
+    assert history[-1]["score"] > history[0]["score"] + 0.2
+    assert torch.allclose(torch.tanh(out), target, atol=0.05)
+
+
+def test_the_referee_gradient_takes_the_sds_gradients_norm():
+    settings = RefereeSettings(iterations=1, lr=1.0, lr_end=1.0, augment=False, ema=False,
+                               sds_weight=64.0, sds_weight_end=64.0, referee_weight=2.0)
+    sds_grad = torch.zeros(1, 1, 4, 4)
+    sds_grad[0, 0, 0, 0] = 3.0  # weighted: 64 * 3 / 16 = 12, norm 12
+
+    def scorer(x, prompts):
+        return x[:, 0, 3, 3] * 1e-3  # a tiny referee gradient on one other element
+
+    start = torch.zeros(1, 1, 4, 4)
+    out = optimise(lambda z: z, scorer, ["p"], start, settings, torch.Generator(),
+                   sds=lambda z, i: sds_grad)
+    step = start - out  # SGD: z - lr * grad
+    assert abs(float(step[0, 0, 0, 0]) - 12.0) < 1e-5
+    assert abs(float(step[0, 0, 3, 3]) + 24.0) < 1e-4  # ascent, 2 x the SDS norm
+
+
+def test_ema_starts_and_restarts_on_schedule():
+    settings = RefereeSettings(iterations=12, lr=1.0, lr_end=1.0, augment=False, sds=False,
+                               ema_start=3, ema_restart=4, ema_decay=0.5)
+    history = []
+    optimise(lambda z: z, lambda x, p: x.mean((1, 2, 3)), ["p"], torch.zeros(1, 1, 2, 2),
+             settings, torch.Generator(), history=history)
+    assert [r["iteration"] for r in history if r.get("restart")] == [7, 11]
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="top_k"):
+        RefereeSettings(views=4, top_k=5)
+    with pytest.raises(ValueError, match="t_min"):
+        RefereeSettings(t_min=900, t_max=100)
+
+
+@pytest.mark.parametrize("kind", ["clip", "dpt"])
+def test_shipped_referees_prefer_the_matching_render_and_give_gradients(kind):
+    from dpt_t2i.data.samples import images_to_tensor
+    from dpt_t2i.data.shapes.grammar import parse_prompt, scene_for
+    from dpt_t2i.data.shapes.world import render
+    from dpt_t2i.referee import clip_scorer, dpt_scorer
+
+    prompts = ["a red circle", "a blue square"]
+    rng = __import__("numpy").random.default_rng(0)
+    images = images_to_tensor([render(scene_for(parse_prompt(p), rng)) for p in prompts])
+    if kind == "clip":
+        from transformers import CLIPModel, CLIPTokenizer
+
+        from dpt_t2i.eval.quality import CLIP_FOLDER
+
+        scorer = clip_scorer(CLIPModel.from_pretrained(CLIP_FOLDER).eval(),
+                             CLIPTokenizer.from_pretrained(CLIP_FOLDER))
+    else:
+        from dpt_t2i.bundle import default_model_path, load_bundle
+        from dpt_t2i.dpt import default_dpt_path, load_for_sampling
+
+        bundle = load_bundle(default_model_path())
+        heads, config = load_for_sampling(default_dpt_path(), bundle.unet)
+        scorer = dpt_scorer(bundle, heads, config)
+    images.requires_grad_(True)
+    right = scorer(images, prompts)
+    swapped = scorer(images, prompts[::-1])
+    assert (right > swapped).all()
+    right.sum().backward()
+    assert images.grad.abs().sum() > 0
