@@ -131,3 +131,48 @@ def test_shipped_referees_prefer_the_matching_render_and_give_gradients(kind):
     assert (right > swapped).all()
     right.sum().backward()
     assert images.grad.abs().sum() > 0
+
+
+def _dpt(*argv) -> int:
+    from dpt_t2i.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def test_referee_command_writes_a_generate_style_folder(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    quick = ["--prompt", "a red circle", "--prompt", "two blue squares", "--num-images", 1,
+             "--iterations", 3, "--views", 2, "--top-k", 1, "--ema-start", 1, "--ema-restart", 1]
+    assert _dpt("referee", *quick, "--out", tmp_path / "a") == 0
+    assert _dpt("referee", *quick, "--out", tmp_path / "b") == 0
+    assert _dpt("referee", *quick, "--referee", "clip", "--no-sds", "--out", tmp_path / "c") == 0
+    records = [json.loads(x) for x in (tmp_path / "a" / "index.jsonl").read_text().splitlines()]
+    assert [(r["file"], r["seed"], r["method"], r["referee"]) for r in records] == [
+        ("00000.png", 0, "referee", "dpt"), ("00001.png", 1, "referee", "dpt")]
+    assert records[0]["iterations"] == 3 and records[0]["sds"] is True
+    a = np.asarray(Image.open(tmp_path / "a" / "00000.png"))
+    assert a.shape == (64, 64, 3)
+    assert np.array_equal(a, np.asarray(Image.open(tmp_path / "b" / "00000.png")))  # seeded
+    capsys.readouterr()
+    assert _dpt("evaluate", tmp_path / "a", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["id"]["n"] == 2
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--referee", "clip", "--dpt", "x"], "drop --dpt"),
+    (["--views", 2, "--top-k", 3], "top_k"),
+    (["--lr", "nan"], "--lr must be finite"),
+    (["--num-images", 0], "--num-images"),
+    (["--prompt", "a purple dog"], "not in the vocabulary"),
+])
+def test_referee_command_errors(tmp_path, capsys, extra, message):
+    argv = ["--out", tmp_path / "x", *extra]
+    if "--prompt" not in extra:
+        argv = ["--prompt", "a red circle", *argv]
+    assert _dpt("referee", *argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -12,7 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from .commands import (dpt_train, evaluate, evaluate_disc, generate, interchange, prompts,
-                           report, sweep, world)
+                           referee, report, sweep, world)
 
     generate.register(sub)
     evaluate.register(sub)
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     world.register(sub)
     interchange.register(sub)
     report.register(sub)
+    referee.register(sub)
     return parser
 
 

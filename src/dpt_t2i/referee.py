@@ -20,8 +20,8 @@ One iteration reads top to bottom:
 Scorers take decoded images (B, 3, H, W) in [-1, 1] and B prompts and return (B,) scores,
 so any image-text matcher plugs in (`clip_scorer`, `dpt_scorer`).
 
-Status: the optimisation core. The command (`dpt referee`) and the Shapes settings chosen
-by measurement are not built yet.
+`dpt referee` runs it. The defaults are the reference code's; Shapes settings chosen by
+measurement are still to come.
 """
 
 from __future__ import annotations
