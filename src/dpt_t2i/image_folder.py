@@ -86,6 +86,19 @@ def staging_folder(out: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def numbered_records(prompts: list[str], num_images: int, seed: int, fields: dict
+                     ) -> list[dict]:
+    """One index record per image, in run order: image k of the run (counted over all
+    prompts, `num_images` each) is file k.png (five digits) with seed `seed` + k, plus `fields`."""
+    records = []
+    for p, prompt in enumerate(prompts):
+        for _ in range(num_images):
+            k = len(records)
+            records.append({"file": f"{k:05d}.png", "prompt": prompt, "prompt_index": p,
+                            "seed": seed + k, **fields})
+    return records
+
+
 def write_png(path: Path, image: np.ndarray) -> None:
     """Write one (H, W, 3) uint8 image."""
     Image.fromarray(image).save(path, format="PNG")

@@ -197,7 +197,7 @@ def optimise(decode: Callable[[Tensor], Tensor], scorer: Scorer, prompts: list[s
 def clip_scorer(model, tokenizer) -> Scorer:
     """A CLIP model's cosine similarity of image and prompt (the Shapes CLIP reads images in
     [-1, 1] at the world's size)."""
-    from .text import tokenize
+    from .eval.zero_shot import clip_image_embeds, clip_text_embeds
 
     cache: dict[str, Tensor] = {}
 
@@ -205,13 +205,9 @@ def clip_scorer(model, tokenizer) -> Scorer:
         missing = sorted(set(prompts) - set(cache))
         if missing:
             with torch.no_grad():
-                feats = model.get_text_features(input_ids=tokenize(tokenizer, missing).input_ids)
-            feats = F.normalize(getattr(feats, "pooler_output", feats).float(), dim=-1)
-            cache.update(zip(missing, feats))
+                cache.update(zip(missing, clip_text_embeds(model, tokenizer, missing)))
         text = torch.stack([cache[p] for p in prompts])
-        image = model.get_image_features(pixel_values=images)
-        image = F.normalize(getattr(image, "pooler_output", image).float(), dim=-1)
-        return (image * text).sum(-1)
+        return (clip_image_embeds(model, images) * text).sum(-1)
 
     return score
 
@@ -229,14 +225,23 @@ def dpt_scorer(bundle, heads, config, timestep: int = 100, seed: int = 0) -> Sco
     empty = config.condition == "empty"
     generator = torch.Generator().manual_seed(seed)
     vae, scale = bundle.vae, float(bundle.vae.config.scaling_factor)
+    empty_states = encode_prompts(bundle, [""]) if empty else None
+
+    cache: dict[str, tuple[Tensor, Tensor]] = {}  # prompt -> (text(y), its U-Net states)
 
     def score(images: Tensor, prompts: list[str]) -> Tensor:
-        texts, _ = text_embeddings(heads, bundle.text_encoder, bundle.tokenizer, prompts)
-        states = encode_prompts(bundle, [""] if empty else prompts)
+        missing = sorted(set(prompts) - set(cache))
+        if missing:
+            with torch.no_grad():
+                embeds, _ = text_embeddings(heads, bundle.text_encoder, bundle.tokenizer, missing)
+                states = encode_prompts(bundle, missing)
+            cache.update({p: (e, s) for p, e, s in zip(missing, embeds, states)})
+        texts = torch.stack([cache[p][0] for p in prompts])
+        states = empty_states if empty else torch.stack([cache[p][1] for p in prompts])
         latents = vae.encode(images.to(vae.dtype)).latent_dist.mean.float() * scale
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         t = torch.full((len(latents),), timestep, device=latents.device)
         noisy = scheduler.add_noise(latents, noise, t)
-        return MatchScore(bundle.unet, heads, config, states)(noisy, t, texts.detach())
+        return MatchScore(bundle.unet, heads, config, states)(noisy, t, texts)
 
     return score

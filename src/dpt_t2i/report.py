@@ -83,10 +83,9 @@ class Work:
     def generate_args(self, split: str, method_args: list[str], num_images: int | None = None,
                       prompts: Path | None = None) -> list[str]:
         s = self.settings
-        argv = ["generate", "--prompts-file", str(prompts or self.prompts(split)),
+        return ["generate", "--prompts-file", str(prompts or self.prompts(split)),
                 "--num-images", str(num_images or s.num_images), "--seed", str(s.seed),
                 "--steps", str(s.steps), *method_args]
-        return argv
 
     def generated(self, name: str, split: str, method_args: list[str]) -> Path:
         """The image folder of a method on a split, generated unless a matching one exists."""

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from .data.shapes.grammar import FAMILIES
 from .eval.plots import bar_chart, line_chart
+from .image_folder import read_index
 
 CHANCE = 0.25  # ITM: 1 positive vs 3 negatives
 
@@ -204,12 +205,15 @@ def _fig5(out: Path, data: dict, work) -> str:
     draw = ImageDraw.Draw(grid)
     for j, name in enumerate(names):
         draw.text((label_w + j * cell + 2, 8), _label(name)[:22], fill="black")
+    folders = [work.folder / "gen" / f"{name.replace('+', '-')}-ood" for name in names]
+    firsts = [{} for _ in names]  # per method: prompt -> its first record
+    for first, folder in zip(firsts, folders):
+        for record in read_index(folder):
+            first.setdefault(record["prompt"], record)
     for i, prompt in enumerate(prompts):
         _wrapped(draw, prompt, (6, head_h + i * cell + 8), width=34)
-        for j, name in enumerate(names):
-            folder = work.folder / "gen" / f"{name.replace('+', '-')}-ood"
-            record = next(r for r in _index(folder) if r["prompt"] == prompt)
-            image = Image.open(folder / record["file"]).convert("RGB")
+        for j, (folder, first) in enumerate(zip(folders, firsts)):
+            image = Image.open(folder / first[prompt]["file"]).convert("RGB")
             image = image.resize((64 * scale, 64 * scale), Image.NEAREST)
             grid.paste(image, (label_w + j * cell, head_h + i * cell))
     grid.save(out / "fig5-grid.png")
@@ -229,11 +233,6 @@ def _wrapped(draw: ImageDraw.ImageDraw, text: str, xy: tuple[int, int], width: i
     lines.append(line)
     for k, part in enumerate(lines):
         draw.text((xy[0], xy[1] + 14 * k), part, fill="black")
-
-
-def _index(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "index.jsonl").read_text().splitlines()
-            if line.strip()]
 
 
 def _inputs(data: dict) -> str:

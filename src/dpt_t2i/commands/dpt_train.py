@@ -168,7 +168,7 @@ def _dpt_config(args: argparse.Namespace, bundle):
     """The DPT config of the run, and the heads to start from (stage 2)."""
     from ..adapter import AdapterConfig
     from ..dpt import DPTConfig, load_dpt
-    from ..features import block_names
+    from ..features import block_channels, block_names
     from ..lora import LoraSettings
 
     if args.stage != "probe" and args.lora_rank < 1:
@@ -218,17 +218,9 @@ def latent_side(bundle, args: argparse.Namespace) -> int:
     return image_side(bundle, args) // 2 ** (len(bundle.vae.config.block_out_channels) - 1)
 
 
-def block_channels(unet, name: str) -> int:
-    """Output channels of a U-Net block, read from the model config."""
-    channels = list(unet.config.block_out_channels)
-    if name == "mid":
-        return channels[-1]
-    if name.startswith("down"):
-        return channels[int(name[4:])]
-    return channels[::-1][int(name[2:])]
-
-
 def _check_fits(config, bundle, what: str) -> None:
+    from ..features import block_channels
+
     want = block_channels(bundle.unet, config.block)
     text = bundle.text_encoder.config.hidden_size
     if config.adapter.feature_dim != want or config.adapter.text_dim != text:

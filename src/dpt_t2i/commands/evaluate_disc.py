@@ -112,15 +112,12 @@ def _scorer(args, bundle, timesteps: tuple[int, ...], settings: dict):
     from ..dpt import load_dpt
 
     if args.method == "clip":
-        from transformers import CLIPModel, CLIPTokenizer
-
-        from ..eval.quality import CLIP_FOLDER
+        from ..eval.quality import CLIP_FOLDER, load_clip_and_tokenizer
         from ..eval.zero_shot import CLIPScorer
 
         folder = args.clip_model or CLIP_FOLDER
         try:
-            clip = CLIPModel.from_pretrained(folder, local_files_only=True)
-            tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+            clip, tokenizer = load_clip_and_tokenizer(folder)
         except (OSError, ValueError) as err:
             raise UsageError(f"--clip-model {folder}: not a transformers CLIP folder with its "
                              f"tokenizer ({str(err).splitlines()[0]})") from None

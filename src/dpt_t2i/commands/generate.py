@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 from ..bundle import ModelBundle, default_model_path, load_bundle, read_vocabulary
 from ..data.benchmarks import check_geneval_out, write_geneval_layout
 from ..errors import UsageError
-from ..image_folder import (INDEX, check_output_folder, publish, staging_folder, write_index,
-                            write_png)
+from ..image_folder import (INDEX, check_output_folder, numbered_records, publish,
+                            staging_folder, write_index, write_png)
 from ..dpt import default_dpt_path, load_for_sampling, read_dpt_config, text_embeddings
 from ..guidance import DEFAULT_T_RANGE, MODES, MatchScore, SelfCorrection
 from ..sampling import (SCHEDULERS, decode, encode_prompts, image_generators, initial_latents,
@@ -278,14 +278,10 @@ def plan_images(prompts: list[str], args: argparse.Namespace, model: Path,
     """
     settings = {"steps": args.steps, "guidance": args.guidance, "scheduler": args.scheduler,
                 "model": str(model), **method_settings(args, dpt)}
-    records = []
-    for p, prompt in enumerate(prompts):
-        for _ in range(args.num_images):
-            k = len(records)
-            records.append({"file": f"{k:05d}.png", "prompt": prompt, "prompt_index": p,
-                            "seed": args.seed + k, **settings})
-            if benchmark is not None:
-                records[-1]["benchmark"] = benchmark[p]
+    records = numbered_records(prompts, args.num_images, args.seed, settings)
+    if benchmark is not None:
+        for record in records:
+            record["benchmark"] = benchmark[record["prompt_index"]]
     return records
 
 

@@ -73,19 +73,15 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     model = model_folder(args.model)
     from ..bundle import load_bundle, read_vocabulary
-    from ..image_folder import INDEX, check_output_folder, publish, staging_folder, write_index
+    from ..image_folder import (INDEX, check_output_folder, numbered_records, publish,
+                                staging_folder, write_index)
 
     vocabulary = read_vocabulary(model)
     if vocabulary is not None:
         check_vocabulary(prompts, vocabulary, model)
-    records = []
-    for p, prompt in enumerate(prompts):
-        for _ in range(args.num_images):
-            k = len(records)
-            records.append({"file": f"{k:05d}.png", "prompt": prompt, "prompt_index": p,
-                            "seed": args.seed + k, "model": str(model), "method": "referee",
-                            "referee": args.referee, **{f.name: getattr(settings, f.name)
-                                                        for f in fields(settings)}})
+    records = numbered_records(prompts, args.num_images, args.seed, {
+        "model": str(model), "method": "referee", "referee": args.referee,
+        **{f.name: getattr(settings, f.name) for f in fields(settings)}})
     out = check_output_folder(args.out, [r["file"] for r in records], overwrite=args.overwrite)
     quiet_loading()
     bundle = load_bundle(model)
@@ -102,12 +98,9 @@ def _scorer(args, bundle, model: Path):
     from ..referee import clip_scorer, dpt_scorer
 
     if args.referee == "clip":
-        from transformers import CLIPModel, CLIPTokenizer
+        from ..eval.quality import load_clip_and_tokenizer
 
-        from ..eval.quality import CLIP_FOLDER
-
-        return clip_scorer(CLIPModel.from_pretrained(CLIP_FOLDER).eval(),
-                           CLIPTokenizer.from_pretrained(CLIP_FOLDER))
+        return clip_scorer(*load_clip_and_tokenizer())
     from ..bundle import default_model_path
     from ..dpt import default_dpt_path, load_for_sampling
 
@@ -132,6 +125,7 @@ def _render(bundle, scorer, records: list[dict], folder: Path, settings, batch_s
 
     from ..image_folder import write_png
     from ..referee import optimise, sds_gradient
+    from ..sampling import decode as decode_to_uint8
     from ..sampling import encode_prompts
 
     for module in (bundle.unet, bundle.vae, bundle.text_encoder):
@@ -160,7 +154,7 @@ def _render(bundle, scorer, records: list[dict], folder: Path, settings, batch_s
 
             z = optimise(decode, scorer, prompts, z0, settings, gen, sds=sds)
             with torch.no_grad():
-                images = ((decode(z) + 1) * 127.5).round().clamp(0, 255).byte()
-            for record, image in zip(batch, images.permute(0, 2, 3, 1).cpu().numpy()):
+                images = decode_to_uint8(bundle, z)
+            for record, image in zip(batch, images):
                 write_png(folder / record["file"], image)
             bar.update(len(batch))

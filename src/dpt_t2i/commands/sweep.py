@@ -63,7 +63,8 @@ def _probe_and_evaluate(args: argparse.Namespace, model: Path, block: str) -> di
     from ..dpt import DPTConfig, load_dpt
     from ..eval.discriminative import DiscriminativeScorer, evaluate_shapes
     from ..train import ShapesSource, TrainSettings, train_dpt
-    from .dpt_train import block_channels, latent_side
+    from ..features import block_channels
+    from .dpt_train import latent_side
 
     run_dir = args.run_dir / block
     cached = run_dir / "eval.json"

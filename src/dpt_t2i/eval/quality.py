@@ -31,6 +31,14 @@ def load_clip(clip_folder: Path = CLIP_FOLDER):
     return CLIPModel.from_pretrained(clip_folder, local_files_only=True).eval()
 
 
+def load_clip_and_tokenizer(clip_folder: Path = CLIP_FOLDER):
+    """(model, tokenizer) of a transformers CLIP folder (the Shapes CLIP by default)."""
+    from transformers import CLIPTokenizer
+
+    return load_clip(clip_folder), CLIPTokenizer.from_pretrained(clip_folder,
+                                                                   local_files_only=True)
+
+
 @torch.no_grad()
 def clip_image_features(images: list[np.ndarray], model=None) -> np.ndarray:
     """(N, D) Shapes CLIP image embeddings of (64, 64, 3) uint8 images.

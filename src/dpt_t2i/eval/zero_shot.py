@@ -25,6 +25,18 @@ CHUNK = 128  # latents per U-Net call
 DEFAULT_TIMESTEPS = tuple(range(50, 1000, 100))  # 10 levels, 50 .. 950
 
 
+def clip_image_embeds(model, pixels: Tensor) -> Tensor:
+    """(N, D) unit image embeddings of pixels (N, 3, H, W) in [-1, 1]; keeps the graph."""
+    feats = model.get_image_features(pixel_values=pixels)
+    return torch.nn.functional.normalize(getattr(feats, "pooler_output", feats).float(), dim=-1)
+
+
+def clip_text_embeds(model, tokenizer, texts: list[str]) -> Tensor:
+    """(N, D) unit text embeddings."""
+    feats = model.get_text_features(input_ids=tokenize(tokenizer, texts).input_ids)
+    return torch.nn.functional.normalize(getattr(feats, "pooler_output", feats).float(), dim=-1)
+
+
 class CLIPScorer:
     """Image-text matching by a CLIP model's cosine similarity."""
 
@@ -36,17 +48,13 @@ class CLIPScorer:
     @torch.no_grad()
     def encode(self, images: list[np.ndarray]) -> Tensor:
         """(N, D) unit image embeddings."""
-        out = []
-        for i in range(0, len(images), CHUNK):
-            feats = self.model.get_image_features(pixel_values=images_to_tensor(images[i:i + CHUNK]))
-            out.append(getattr(feats, "pooler_output", feats))
-        return torch.nn.functional.normalize(torch.cat(out).float(), dim=-1)
+        return torch.cat([clip_image_embeds(self.model, images_to_tensor(images[i:i + CHUNK]))
+                          for i in range(0, len(images), CHUNK)])
 
     @torch.no_grad()
     def pair_scores(self, encoded: Tensor, texts: list[str], pairs: list[tuple[int, int]]
                     ) -> Tensor:
-        feats = self.model.get_text_features(input_ids=tokenize(self.tokenizer, texts).input_ids)
-        text = torch.nn.functional.normalize(getattr(feats, "pooler_output", feats).float(), dim=-1)
+        text = clip_text_embeds(self.model, self.tokenizer, texts)
         li, ti = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
         return (encoded[li] * text[ti]).sum(-1)
 
