@@ -152,7 +152,8 @@ def sds_gradient(unet, scheduler, latents: Tensor, cond: Tensor, uncond: Tensor,
 def optimise(decode: Callable[[Tensor], Tensor], scorer: Scorer, prompts: list[str],
              latents: Tensor, settings: RefereeSettings, generator: torch.Generator,
              sds: Callable[[Tensor, int], Tensor] | None = None,
-             history: list[dict] | None = None) -> Tensor:
+             history: list[dict] | None = None,
+             progress: Callable[[int], None] | None = None) -> Tensor:
     """The optimised latents (the EMA when it is on) for B prompts from start latents.
 
     Args:
@@ -161,6 +162,7 @@ def optimise(decode: Callable[[Tensor], Tensor], scorer: Scorer, prompts: list[s
         sds: (latents, iteration) -> SDS gradient (B, C, h, w); None (or settings.sds off)
             optimises the referee alone.
         history: when given, gets one record per iteration (mean score, norms).
+        progress: called with the number of iterations done after each one.
     """
     z = latents.detach().clone().requires_grad_(True)
     optimizer = torch.optim.SGD([z], lr=settings.lr)
@@ -191,6 +193,8 @@ def optimise(decode: Callable[[Tensor], Tensor], scorer: Scorer, prompts: list[s
                     record["restart"] = True
         if history is not None:
             history.append(record)
+        if progress is not None:
+            progress(i + 1)
     return (ema if ema is not None else z).detach()
 
 
@@ -245,3 +249,36 @@ def dpt_scorer(bundle, heads, config, timestep: int = 100, seed: int = 0) -> Sco
         return MatchScore(bundle.unet, heads, config, states)(noisy, t, texts)
 
     return score
+
+
+def generate(bundle, scorer: Scorer, prompts: list[str], seeds: list[int],
+             settings: RefereeSettings, progress: Callable[[int], None] | None = None) -> Tensor:
+    """The referee's latents (B, C, h, w) for B prompts: image k starts from the latent noise of
+    seeds[k] (as `dpt generate` draws it) and optimises with its SDS and augmentation noise
+    seeded by seeds[0]. `progress` gets the number of iterations done."""
+    from diffusers import DDPMScheduler
+
+    from .sampling import encode_prompts
+
+    if len(prompts) != len(seeds):
+        raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds")
+    for module in (bundle.unet, bundle.vae, bundle.text_encoder):
+        module.requires_grad_(False)
+    scheduler = DDPMScheduler.from_config(bundle.scheduler_config)
+    scale = float(bundle.vae.config.scaling_factor)
+
+    def decode(z: Tensor) -> Tensor:
+        return bundle.vae.decode(z.to(bundle.vae.dtype) / scale).sample.float().clamp(-1, 1)
+
+    gen = torch.Generator().manual_seed(int(seeds[0]))
+    z0 = torch.stack([torch.randn(bundle.latent_shape(), generator=torch.Generator().manual_seed(int(s)))
+                      for s in seeds])
+    with torch.no_grad():
+        cond = encode_prompts(bundle, prompts)
+        uncond = encode_prompts(bundle, [""] * len(prompts))
+
+    def sds(z: Tensor, i: int) -> Tensor:
+        t = torch.randint(settings.t_min, settings.t_max, (len(z),), generator=gen)
+        return sds_gradient(bundle.unet, scheduler, z, cond, uncond, t, settings.guidance, gen)
+
+    return optimise(decode, scorer, prompts, z0, settings, gen, sds=sds, progress=progress)

@@ -119,42 +119,23 @@ def _scorer(args, bundle, model: Path):
 
 
 def _render(bundle, scorer, records: list[dict], folder: Path, settings, batch_size: int) -> None:
-    import torch
-    from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
 
     from ..image_folder import write_png
-    from ..referee import optimise, sds_gradient
-    from ..sampling import decode as decode_to_uint8
-    from ..sampling import encode_prompts
+    from ..referee import generate
+    from ..sampling import decode
 
-    for module in (bundle.unet, bundle.vae, bundle.text_encoder):
-        module.requires_grad_(False)
-    scheduler = DDPMScheduler.from_config(bundle.scheduler_config)
-    scale = float(bundle.vae.config.scaling_factor)
-
-    def decode(z):
-        return bundle.vae.decode(z.to(bundle.vae.dtype) / scale).sample.float().clamp(-1, 1)
-
-    with tqdm(total=len(records), unit="image", desc="referee", dynamic_ncols=True) as bar:
+    with tqdm(total=len(records) * settings.iterations, unit="it", desc="referee",
+              dynamic_ncols=True) as bar:
         for start in range(0, len(records), batch_size):
             batch = records[start:start + batch_size]
-            prompts = [r["prompt"] for r in batch]
-            gen = torch.Generator().manual_seed(batch[0]["seed"])
-            z0 = torch.stack([torch.randn(bundle.latent_shape(),
-                                          generator=torch.Generator().manual_seed(r["seed"]))
-                              for r in batch])
-            cond = encode_prompts(bundle, prompts)
-            uncond = encode_prompts(bundle, [""] * len(batch))
+            done = [0]
 
-            def sds(z, i, cond=cond, uncond=uncond, gen=gen):
-                t = torch.randint(settings.t_min, settings.t_max, (len(z),), generator=gen)
-                return sds_gradient(bundle.unet, scheduler, z, cond, uncond, t,
-                                    settings.guidance, gen)
+            def progress(i: int, done=done) -> None:
+                bar.update((i - done[0]) * len(batch))
+                done[0] = i
 
-            z = optimise(decode, scorer, prompts, z0, settings, gen, sds=sds)
-            with torch.no_grad():
-                images = decode_to_uint8(bundle, z)
-            for record, image in zip(batch, images):
+            latents = generate(bundle, scorer, [r["prompt"] for r in batch],
+                               [r["seed"] for r in batch], settings, progress)
+            for record, image in zip(batch, decode(bundle, latents)):
                 write_png(folder / record["file"], image)
-            bar.update(len(batch))
