@@ -99,6 +99,8 @@ def test_settings_are_checked():
         RefereeSettings(views=4, top_k=5)
     with pytest.raises(ValueError, match="t_min"):
         RefereeSettings(t_min=900, t_max=100)
+    with pytest.raises(ValueError, match="init must be one of noise, sample"):
+        RefereeSettings(init="canvas")
 
 
 @pytest.mark.parametrize("kind", ["clip", "dpt"])
@@ -154,6 +156,9 @@ def test_referee_command_writes_a_generate_style_folder(tmp_path, capsys):
     assert [(r["file"], r["seed"], r["method"], r["referee"]) for r in records] == [
         ("00000.png", 0, "referee", "dpt"), ("00001.png", 1, "referee", "dpt")]
     assert records[0]["iterations"] == 3 and records[0]["sds"] is True
+    # the Shapes preset fills what the flags leave: start from the sample, low-noise SDS
+    assert (records[0]["init"], records[0]["t_max"], records[0]["sds_weight"]) == \
+        ("sample", 500, 12.5)
     a = np.asarray(Image.open(tmp_path / "a" / "00000.png"))
     assert a.shape == (64, 64, 3)
     assert np.array_equal(a, np.asarray(Image.open(tmp_path / "b" / "00000.png")))  # seeded
@@ -162,8 +167,46 @@ def test_referee_command_writes_a_generate_style_folder(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["id"]["n"] == 2
 
 
+def test_reference_settings_and_flags_override_the_preset(tmp_path):
+    import json
+
+    argv = ["--prompt", "a red circle", "--num-images", 1, "--iterations", 2, "--views", 2,
+            "--top-k", 1, "--reference-settings", "--guidance", 7.5, "--out", tmp_path / "r"]
+    assert _dpt("referee", *argv) == 0
+    record = json.loads((tmp_path / "r" / "index.jsonl").read_text())
+    assert (record["init"], record["t_max"], record["sds_weight"], record["guidance"],
+            record["iterations"]) == ("noise", 950, 800.0, 7.5, 2)
+
+
+def test_a_sample_start_is_dpt_generates_image():
+    """With no step taken (lr 0), init="sample" returns the DDIM sample of the seeds' noise,
+    which is what `dpt generate` draws for them."""
+    from dpt_t2i.bundle import default_model_path, load_bundle
+    from dpt_t2i.referee import generate
+    from dpt_t2i.sampling import encode_prompts, initial_latents, make_scheduler, sample
+
+    bundle = load_bundle(default_model_path())
+    prompts, seeds = ["a red circle", "three blue squares"], [5, 9]
+    settings = RefereeSettings(init="sample", init_steps=4, iterations=1, lr=0, lr_end=0,
+                               views=2, top_k=1, ema=False)
+
+    def flat(images, prompts):
+        return images.mean((1, 2, 3))
+
+    got = generate(bundle, flat, prompts, seeds, settings)
+    scheduler = make_scheduler("ddim", bundle.scheduler_config)
+    scheduler.set_timesteps(4)
+    want = sample(bundle, encode_prompts(bundle, prompts), encode_prompts(bundle, ["", ""]),
+                  initial_latents(seeds, bundle.latent_shape(), scheduler), 4, 7.5, scheduler)
+    assert torch.allclose(got, want, atol=1e-5)
+    moved = generate(bundle, flat, prompts, seeds, RefereeSettings(
+        init="sample", init_steps=4, iterations=2, views=2, top_k=1, ema=False))
+    assert not torch.allclose(moved, want, atol=1e-3)
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--referee", "clip", "--dpt", "x"], "drop --dpt"),
+    (["--init-steps", 0], "init_steps"),
     (["--views", 2, "--top-k", 3], "top_k"),
     (["--lr", "nan"], "--lr must be finite"),
     (["--num-images", 0], "--num-images"),

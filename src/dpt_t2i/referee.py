@@ -20,8 +20,13 @@ One iteration reads top to bottom:
 Scorers take decoded images (B, 3, H, W) in [-1, 1] and B prompts and return (B,) scores,
 so any image-text matcher plugs in (`clip_scorer`, `dpt_scorer`).
 
-`dpt referee` runs it. The defaults are the reference code's; Shapes settings chosen by
-measurement are still to come.
+The latent starts from seeded noise (`init="noise"`, the reference code) or from the model's
+own sample for that noise (`init="sample"`: `dpt generate`'s DDIM image, which the referee
+then corrects). `RefereeSettings()` holds the reference code's defaults; `SHAPES_SETTINGS`
+the ones measured best on the Shapes model (see docs/dpt-shapes.md, "Referee generation"):
+from noise, the small Shapes U-Net's score distillation does not make clean shapes.
+
+`dpt referee` runs it.
 """
 
 from __future__ import annotations
@@ -37,10 +42,21 @@ from torch import Tensor
 Scorer = Callable[[Tensor, list[str]], Tensor]  # (B, 3, H, W) in [-1, 1], B prompts -> (B,)
 
 
+INITS = ("noise", "sample")
+
+
 @dataclass
 class RefereeSettings:
-    """The reference code's defaults; the Shapes ones are still to be chosen by measurement."""
+    """The reference code's defaults (`SHAPES_SETTINGS` for the Shapes model).
 
+    `sds_weight` weighs a mean-reduced SDS loss, so the step each latent element takes shrinks
+    with the latent's size: the reference weight of 800 was set for SD's 64x64x4 latents;
+    Shapes' 8x8x4 latents take 64 times larger steps at the same weight.
+    """
+
+    init: str = "noise"
+    init_steps: int = 25
+    init_guidance: float = 7.5
     iterations: int = 160
     lr: float = 1.0
     lr_end: float = 0.5
@@ -60,6 +76,10 @@ class RefereeSettings:
     ema: bool = True
 
     def __post_init__(self):
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.init_steps < 1:
+            raise ValueError(f"init_steps must be >= 1, got {self.init_steps}")
         if self.iterations < 1 or self.views < 1 or not 1 <= self.top_k <= self.views:
             raise ValueError(f"need iterations >= 1 and 1 <= top_k <= views, got "
                              f"{self.iterations}, {self.top_k}, {self.views}")
@@ -67,6 +87,13 @@ class RefereeSettings:
             raise ValueError(f"need 0 <= t_min < t_max <= 1000, got {self.t_min}, {self.t_max}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+# measured best on the Shapes model (docs/dpt-shapes.md, "Referee generation"): correct the
+# model's own sample with small, low-noise SDS steps rather than distil from noise
+SHAPES_SETTINGS = RefereeSettings(init="sample", iterations=40, ema_start=10, ema_restart=15,
+                                  sds_weight=12.5, sds_weight_end=6.25, guidance=7.5,
+                                  t_max=500)
 
 
 def cosine(step: int, steps: int, start: float, end: float) -> float:
@@ -254,11 +281,13 @@ def dpt_scorer(bundle, heads, config, timestep: int = 100, seed: int = 0) -> Sco
 def generate(bundle, scorer: Scorer, prompts: list[str], seeds: list[int],
              settings: RefereeSettings, progress: Callable[[int], None] | None = None) -> Tensor:
     """The referee's latents (B, C, h, w) for B prompts: image k starts from the latent noise of
-    seeds[k] (as `dpt generate` draws it) and optimises with its SDS and augmentation noise
-    seeded by seeds[0]. `progress` gets the number of iterations done."""
+    seeds[k] (as `dpt generate` draws it; with `init="sample"`, from the DDIM sample of that
+    noise, `init_steps` steps at `init_guidance`) and optimises with its SDS and augmentation
+    noise seeded by seeds[0]. `progress` gets the number of iterations done (the sampling of
+    the start counts as none)."""
     from diffusers import DDPMScheduler
 
-    from .sampling import encode_prompts
+    from .sampling import encode_prompts, initial_latents, make_scheduler, sample
 
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds")
@@ -271,11 +300,18 @@ def generate(bundle, scorer: Scorer, prompts: list[str], seeds: list[int],
         return bundle.vae.decode(z.to(bundle.vae.dtype) / scale).sample.float().clamp(-1, 1)
 
     gen = torch.Generator().manual_seed(int(seeds[0]))
-    z0 = torch.stack([torch.randn(bundle.latent_shape(), generator=torch.Generator().manual_seed(int(s)))
-                      for s in seeds])
     with torch.no_grad():
         cond = encode_prompts(bundle, prompts)
         uncond = encode_prompts(bundle, [""] * len(prompts))
+    if settings.init == "sample":
+        ddim = make_scheduler("ddim", bundle.scheduler_config)
+        ddim.set_timesteps(settings.init_steps)
+        z0 = sample(bundle, cond, uncond, initial_latents(seeds, bundle.latent_shape(), ddim),
+                    settings.init_steps, settings.init_guidance, ddim)
+    else:
+        z0 = torch.stack([torch.randn(bundle.latent_shape(),
+                                      generator=torch.Generator().manual_seed(int(s)))
+                          for s in seeds])
 
     def sds(z: Tensor, i: int) -> Tensor:
         t = torch.randint(settings.t_min, settings.t_max, (len(z),), generator=gen)

@@ -5,22 +5,25 @@ Same prompts, output folder and index as `dpt generate`: image k of the run star
 latent noise of seed S+k and is written as k.png. The referee is DPT's matching score
 (`--referee dpt`, default; the shipped DPT weights on the shipped model, or `--dpt PATH`) or
 the Shapes CLIP's image-text similarity (`--referee clip`). `--no-augment`, `--no-sds` and
-`--no-ema` switch the regularisers off one at a time (the ablations). The defaults are the
-reference code's; the Shapes ones are not chosen by measurement yet.
+`--no-ema` switch the regularisers off one at a time (the ablations).
+
+Settings not given take the Shapes ones measured best (`referee.SHAPES_SETTINGS`: correct the
+model's own sample, `--init sample`) on the shipped Shapes model and the reference code's
+(from noise) on any other model or with `--reference-settings`.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from ..errors import UsageError
 from .model_args import add_threads_argument, model_folder, quiet_loading, set_threads
 from .prompt_input import add_prompt_arguments, check_vocabulary, read_prompts
 
-FLAGS = {"iterations": int, "lr": float, "lr_end": float, "views": int, "top_k": int,
+FLAGS = {"init_steps": int, "init_guidance": float, "iterations": int, "lr": float, "lr_end": float, "views": int, "top_k": int,
          "ema_decay": float, "ema_start": int, "ema_restart": int, "sds_weight": float,
          "sds_weight_end": float, "referee_weight": float, "guidance": float, "t_min": int,
          "t_max": int}
@@ -38,12 +41,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--referee", choices=["dpt", "clip"], default="dpt")
     p.add_argument("--dpt", type=Path, default=None, metavar="PATH",
                    help="--referee dpt: a DPT folder (default: the shipped DPT weights)")
-    from ..referee import RefereeSettings
+    from ..referee import INITS, SHAPES_SETTINGS, RefereeSettings
 
-    defaults = RefereeSettings()
+    reference = RefereeSettings()
+    p.add_argument("--reference-settings", action="store_true",
+                   help="start from the reference code's settings on the Shapes model too")
+    p.add_argument("--init", choices=INITS, default=None,
+                   help=f"the start latent (default {SHAPES_SETTINGS.init} on the Shapes model, "
+                        f"{reference.init} elsewhere)")
     for name, kind in FLAGS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(defaults, name),
-                       help=f"(default {getattr(defaults, name):g})")
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                       help=f"(default {getattr(SHAPES_SETTINGS, name):g} on the Shapes model, "
+                            f"{getattr(reference, name):g} elsewhere)")
     for name in ("augment", "sds", "ema"):
         p.add_argument(f"--no-{name}", action="store_true", help=f"switch {name} off")
     p.add_argument("--overwrite", action="store_true")
@@ -53,25 +62,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    from ..referee import RefereeSettings
-
     for flag, value in (("--num-images", args.num_images), ("--batch-size", args.batch_size)):
         if value <= 0:
             raise UsageError(f"{flag} must be a positive whole number, got {value}")
     for name in FLAGS:
-        if not math.isfinite(getattr(args, name)):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
             raise UsageError(f"--{name.replace('_', '-')} must be finite")
-    try:
-        settings = RefereeSettings(**{f.name: getattr(args, f.name) for f in fields(RefereeSettings)
-                                      if f.name in FLAGS},
-                                   augment=not args.no_augment, sds=not args.no_sds,
-                                   ema=not args.no_ema)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
     if args.referee == "clip" and args.dpt is not None:
         raise UsageError("--referee clip reads no DPT folder; drop --dpt")
     prompts = read_prompts(args)
     model = model_folder(args.model)
+    settings = _settings(args, model)
     from ..bundle import load_bundle, read_vocabulary
     from ..image_folder import (INDEX, check_output_folder, numbered_records, publish,
                                 staging_folder, write_index)
@@ -92,6 +94,22 @@ def run(args: argparse.Namespace) -> int:
         publish(stage, out, overwrite=args.overwrite)
     print(f"wrote {len(records)} images and {INDEX} to {out}")
     return 0
+
+
+def _settings(args: argparse.Namespace, model: Path):
+    """The run's RefereeSettings: the flags given over the model's preset."""
+    from ..bundle import default_model_path
+    from ..referee import SHAPES_SETTINGS, RefereeSettings
+
+    shapes = model == default_model_path().resolve() and not args.reference_settings
+    preset = SHAPES_SETTINGS if shapes else RefereeSettings()
+    given = {name: getattr(args, name) for name in [*FLAGS, "init"]
+             if getattr(args, name) is not None}
+    try:
+        return replace(preset, **given, augment=not args.no_augment, sds=not args.no_sds,
+                       ema=not args.no_ema)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _scorer(args, bundle, model: Path):

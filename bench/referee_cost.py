@@ -1,0 +1,95 @@
+"""What referee generation costs per image beside DPT sampling, measured side by side in one run.
+
+Times, on the same prompts and seeds with the shipped DPT weights (LoRA fused):
+
+- dpt:              `dpt generate`'s sampling (25 DDIM steps, guidance 7.5);
+- dpt+sc:           the same with self-correction (eta 10);
+- referee:          `dpt referee` on the Shapes model (`referee.SHAPES_SETTINGS`: the DPT
+                    sample, then 40 referee + SDS iterations), DPT referee;
+- referee-from-noise (with --from-noise): the reference code's settings (160 iterations from
+                    noise).
+
+The methods take turns round by round, so a slow spell of the machine hits all of them; the
+figure per method is its median round. It prints each method's seconds per image and its
+ratio to dpt.
+
+    python bench/referee_cost.py [--batch 4] [--rounds 3] [--from-noise] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from dpt_t2i.bundle import default_model_path, load_bundle
+from dpt_t2i.data.shapes.splits import benchmark_prompts
+from dpt_t2i.dpt import default_dpt_path, load_for_sampling, text_embeddings
+from dpt_t2i.guidance import DEFAULT_T_RANGE, MatchScore, SelfCorrection
+from dpt_t2i.referee import SHAPES_SETTINGS, RefereeSettings, dpt_scorer, generate
+from dpt_t2i.sampling import decode, encode_prompts, initial_latents, make_scheduler, sample, \
+    unet_model_fn
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--from-noise", action="store_true",
+                        help="also time the reference settings (160 iterations from noise)")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    bundle = load_bundle(default_model_path())
+    heads, config = load_for_sampling(default_dpt_path(), bundle.unet)
+    prompts = [p.text for p in benchmark_prompts("ood", 2)][:args.batch]
+    prompts = (prompts * args.batch)[:args.batch]
+    seeds = list(range(1000, 1000 + args.batch))
+    cond, uncond = encode_prompts(bundle, prompts), encode_prompts(bundle, [""] * args.batch)
+    texts, _ = text_embeddings(heads, bundle.text_encoder, bundle.tokenizer, prompts)
+    scorer = dpt_scorer(bundle, heads, config)
+
+    def sampled(model_fn=None) -> float:
+        scheduler = make_scheduler("ddim", bundle.scheduler_config)
+        scheduler.set_timesteps(25)
+        latents = initial_latents(seeds, bundle.latent_shape(), scheduler)
+        start = time.perf_counter()
+        decode(bundle, sample(bundle, cond, uncond, latents, 25, 7.5, scheduler,
+                              model_fn=model_fn))
+        return time.perf_counter() - start
+
+    def corrected() -> SelfCorrection:
+        score = MatchScore(bundle.unet, heads, config, encode_prompts(bundle, [""]))
+        return SelfCorrection(unet_model_fn(bundle), score, texts, 10.0, DEFAULT_T_RANGE)
+
+    def refereed(settings: RefereeSettings) -> float:
+        start = time.perf_counter()
+        decode(bundle, generate(bundle, scorer, prompts, seeds, settings))
+        return time.perf_counter() - start
+
+    methods = {"dpt": sampled, "dpt+sc": lambda: sampled(corrected()),
+               "referee": lambda: refereed(SHAPES_SETTINGS)}
+    if args.from_noise:
+        methods["referee-from-noise"] = lambda: refereed(RefereeSettings())
+    for fn in methods.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(args.rounds):
+        for name, fn in methods.items():
+            times[name].append(fn())
+    median = {name: statistics.median(ts) / args.batch for name, ts in times.items()}
+    print(f"{args.batch} images a batch, {torch.get_num_threads()} threads, median of "
+          f"{args.rounds} interleaved rounds")
+    print("| method | s per image | / dpt |")
+    print("|---|---|---|")
+    for name, t in median.items():
+        print(f"| {name} | {t:.3f} | {t / median['dpt']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
