@@ -12,7 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from .commands import (dpt_train, evaluate, evaluate_disc, generate, interchange, prompts,
-                           referee, report, sweep, world)
+                           referee, report, serve, sweep, world)
 
     generate.register(sub)
     evaluate.register(sub)
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     interchange.register(sub)
     report.register(sub)
     referee.register(sub)
+    serve.register(sub)
     return parser
 
 

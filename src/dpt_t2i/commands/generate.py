@@ -25,8 +25,9 @@ import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ..bundle import ModelBundle, default_model_path, load_bundle, read_vocabulary
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_loading()
     bundle = load_bundle(model)
-    _check_lengths(bundle.tokenizer, prompts)
+    check_lengths(bundle.tokenizer, prompts)
     method = Method()
     if args.attend_excite:
         method.subjects = _subject_indices(bundle, prompts, records, args.subject_words,
@@ -285,8 +286,9 @@ def plan_images(prompts: list[str], args: argparse.Namespace, model: Path,
     return records
 
 
-def _check_lengths(tokenizer: CLIPTokenizer, prompts: list[str]) -> None:
-    """Refuse prompts the text encoder would truncate (start and end tokens count too)."""
+def check_lengths(tokenizer: CLIPTokenizer, prompts: list[str]) -> None:
+    """Raise UsageError for a prompt the text encoder would truncate (start and end tokens
+    count too)."""
     limit = tokenizer.model_max_length
     for prompt in prompts:
         n = len(tokenizer.tokenize(prompt)) + 2
@@ -307,34 +309,48 @@ def render(bundle: ModelBundle, records: list[dict], folder: Path, steps: int, g
         batch_size: images denoised together.
         method: DPT heads and self-correction (default: the bundle's U-Net as it is).
     """
-    method = method or Method()
-    scheduler = make_scheduler(scheduler_name, bundle.scheduler_config)
-    pipe = None
-    if method.subjects is not None:
-        from ..attend_excite import build_pipeline
-
-        pipe = build_pipeline(bundle, scheduler)
     with tqdm(total=len(records), unit="image", desc="generate", dynamic_ncols=True) as bar:
         for start in range(0, len(records), batch_size):
             batch = records[start:start + batch_size]
-            seeds = [r["seed"] for r in batch]
-            generators = image_generators(seeds)
-            scheduler.set_timesteps(steps)
-            latents = initial_latents(seeds, bundle.latent_shape(), scheduler, generators)
-            prompts = [r["prompt"] for r in batch]
-            if pipe is not None:
-                from ..attend_excite import sample_attend_excite
-
-                images = sample_attend_excite(pipe, bundle, prompts,
-                                              [method.subjects[p] for p in prompts], latents,
-                                              steps, guidance)
-            else:
-                cond = encode_prompts(bundle, prompts)  # (b, L, D)
-                uncond = encode_prompts(bundle, [""] * len(batch)) if guidance > 1 else None
-                latents = sample(bundle, cond, uncond, latents, steps, guidance, scheduler,
-                                 model_fn=method.model_fn(bundle, prompts),
-                                 generators=generators)
-                images = decode(bundle, latents)
+            images = sample_images(bundle, [r["prompt"] for r in batch],
+                                   [r["seed"] for r in batch], steps, guidance, scheduler_name,
+                                   method)
             for record, image in zip(batch, images):
                 write_png(folder / record["file"], image)
             bar.update(len(batch))
+
+
+def sample_images(bundle: ModelBundle, prompts: list[str], seeds: list[int], steps: int,
+                  guidance: float, scheduler_name: str, method: Method | None = None,
+                  progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Images of B prompts, image k from the noise of seeds[k], denoised together.
+
+    Args:
+        bundle: the model.
+        prompts / seeds: B of each.
+        steps / guidance / scheduler_name: as `sampling.sample` takes them.
+        method: DPT heads and self-correction, or Attend-and-Excite subjects (default: the
+            bundle's U-Net as it is).
+        progress: called with the number of denoising steps done after each step (not called
+            by Attend-and-Excite, which runs diffusers' pipeline).
+
+    Returns:
+        (B, H, W, 3) uint8 images.
+    """
+    method = method or Method()
+    scheduler = make_scheduler(scheduler_name, bundle.scheduler_config)
+    generators = image_generators(seeds)
+    scheduler.set_timesteps(steps)
+    latents = initial_latents(seeds, bundle.latent_shape(), scheduler, generators)
+    if method.subjects is not None:
+        from ..attend_excite import build_pipeline, sample_attend_excite
+
+        return sample_attend_excite(build_pipeline(bundle, scheduler), bundle, prompts,
+                                    [method.subjects[p] for p in prompts], latents, steps,
+                                    guidance)
+    cond = encode_prompts(bundle, prompts)  # (B, L, D)
+    uncond = encode_prompts(bundle, [""] * len(prompts)) if guidance > 1 else None
+    latents = sample(bundle, cond, uncond, latents, steps, guidance, scheduler,
+                     model_fn=method.model_fn(bundle, prompts), progress=progress,
+                     generators=generators)
+    return decode(bundle, latents)
