@@ -19,8 +19,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from .model_args import (add_model_argument, add_threads_argument, model_folder, quiet_loading,
-                         set_threads)
+from .model_args import add_model_argument, model_folder, quiet_loading, set_threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dpt", type=Path, default=None, metavar="PATH",
                    help="a DPT folder (default: the shipped DPT weights on the shipped model; "
                         "none on other models)")
-    add_threads_argument(p)
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch CPU threads (default 1: the page makes one image at a time, "
+                        "which runs faster on one thread than on two, and does not stall when "
+                        "another process holds a core)")
     p.set_defaults(run=run)
 
 
