@@ -18,7 +18,6 @@ dpt-fused / base (goal <= 1.05) and dpt+sc / dpt-fused (goal <= 1.5).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -28,6 +27,7 @@ from dpt_t2i.data.shapes.splits import benchmark_prompts
 from dpt_t2i.dpt import default_dpt_path, load_for_sampling, text_embeddings
 from dpt_t2i.guidance import DEFAULT_T_RANGE, MatchScore, SelfCorrection
 from dpt_t2i.sampling import encode_prompts, initial_latents, make_scheduler, sample, unet_model_fn
+from interleaved import interleaved_medians  # bench/interleaved.py
 
 
 def main() -> None:
@@ -76,13 +76,7 @@ def main() -> None:
                "dpt-lora": lambda: run(lora),
                "dpt+sc": lambda: run(fused, corrected(True)),
                "dpt+sc-full": lambda: run(fused, corrected(False))}
-    for fn in methods.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(args.rounds):
-        for name, fn in methods.items():
-            times[name].append(fn())
-    median = {name: statistics.median(ts) for name, ts in times.items()}
+    median = interleaved_medians(methods, args.rounds)
     per_image = args.batch
     print(f"{args.batch} images, {args.steps} DDIM steps, guidance {args.guidance}, self-correction "
           f"eta {args.eta} on {args.range[0]:g} <= t <= {args.range[1]:g}, "

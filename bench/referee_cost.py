@@ -19,7 +19,6 @@ ratio to dpt.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -31,6 +30,7 @@ from dpt_t2i.guidance import DEFAULT_T_RANGE, MatchScore, SelfCorrection
 from dpt_t2i.referee import SHAPES_SETTINGS, RefereeSettings, dpt_scorer, generate
 from dpt_t2i.sampling import decode, encode_prompts, initial_latents, make_scheduler, sample, \
     unet_model_fn
+from interleaved import interleaved_medians  # bench/interleaved.py
 
 
 def main() -> None:
@@ -76,13 +76,8 @@ def main() -> None:
                "referee": lambda: refereed(SHAPES_SETTINGS)}
     if args.from_noise:
         methods["referee-from-noise"] = lambda: refereed(RefereeSettings())
-    for fn in methods.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(args.rounds):
-        for name, fn in methods.items():
-            times[name].append(fn())
-    median = {name: statistics.median(ts) / args.batch for name, ts in times.items()}
+    per_batch = interleaved_medians(methods, args.rounds)
+    median = {name: t / args.batch for name, t in per_batch.items()}
     print(f"{args.batch} images a batch, {torch.get_num_threads()} threads, median of "
           f"{args.rounds} interleaved rounds")
     print("| method | s per image | / dpt |")

@@ -287,7 +287,8 @@ def generate(bundle, scorer: Scorer, prompts: list[str], seeds: list[int],
     the start counts as none)."""
     from diffusers import DDPMScheduler
 
-    from .sampling import encode_prompts, initial_latents, make_scheduler, sample
+    from .sampling import (encode_prompts, image_generators, initial_latents, make_scheduler,
+                           sample)
 
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds")
@@ -309,9 +310,8 @@ def generate(bundle, scorer: Scorer, prompts: list[str], seeds: list[int],
         z0 = sample(bundle, cond, uncond, initial_latents(seeds, bundle.latent_shape(), ddim),
                     settings.init_steps, settings.init_guidance, ddim)
     else:
-        z0 = torch.stack([torch.randn(bundle.latent_shape(),
-                                      generator=torch.Generator().manual_seed(int(s)))
-                          for s in seeds])
+        z0 = torch.stack([torch.randn(bundle.latent_shape(), generator=g)
+                          for g in image_generators(seeds)])
 
     def sds(z: Tensor, i: int) -> Tensor:
         t = torch.randint(settings.t_min, settings.t_max, (len(z),), generator=gen)
