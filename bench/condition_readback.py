@@ -20,10 +20,10 @@ import argparse
 
 import torch
 
-from dpt_t2i.bundle import default_model_path, load_bundle
-from dpt_t2i.dpt import load_dpt
+from dpt_t2i.io.bundle import default_model_path, load_bundle
+from dpt_t2i.io.dpt_folder import load_dpt
 from dpt_t2i.eval.discriminative import DiscriminativeScorer, shapes_itm_item
-from dpt_t2i.losses import matching_scores
+from dpt_t2i.model.losses import matching_scores
 
 
 def main() -> None:

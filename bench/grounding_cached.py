@@ -31,13 +31,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dpt_t2i.adapter import AdapterConfig
-from dpt_t2i.boxes import box_cxcywh_to_xyxy, box_iou
-from dpt_t2i.bundle import default_model_path, load_bundle
+from dpt_t2i.model.adapter import AdapterConfig
+from dpt_t2i.model.boxes import box_cxcywh_to_xyxy, box_iou
+from dpt_t2i.io.bundle import default_model_path, load_bundle
 from dpt_t2i.data.shapes.dpt_samples import collate, make_dpt_sample
-from dpt_t2i.dpt import DPTConfig, DPTHeads, rec_choice, unet_features
-from dpt_t2i.losses import DEFAULT_GROUNDING_WEIGHTS, GroundingCriterion, GroundingMatcher
-from dpt_t2i.text import encode_texts, text_mask
+from dpt_t2i.model.config import DPTConfig
+from dpt_t2i.model.heads import DPTHeads, rec_choice, unet_features
+from dpt_t2i.model.losses import DEFAULT_GROUNDING_WEIGHTS, GroundingCriterion, GroundingMatcher
+from dpt_t2i.model.text import encode_texts, text_mask
 
 MAX_OBJECTS = 4  # a Shapes scene holds at most 4 objects
 

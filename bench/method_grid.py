@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from dpt_t2i.image_folder import read_index
+from dpt_t2i.io.image_folder import read_index
 
 
 def main() -> None:

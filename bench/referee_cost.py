@@ -23,13 +23,14 @@ import time
 
 import torch
 
-from dpt_t2i.bundle import default_model_path, load_bundle
+from dpt_t2i.io.bundle import default_model_path, load_bundle
 from dpt_t2i.data.shapes.splits import benchmark_prompts
-from dpt_t2i.dpt import default_dpt_path, load_for_sampling, text_embeddings
-from dpt_t2i.guidance import DEFAULT_T_RANGE, MatchScore, SelfCorrection
-from dpt_t2i.referee import SHAPES_SETTINGS, RefereeSettings, dpt_scorer, generate
-from dpt_t2i.sampling import decode, encode_prompts, initial_latents, make_scheduler, sample, \
-    unet_model_fn
+from dpt_t2i.io.dpt_folder import default_dpt_path, load_for_sampling
+from dpt_t2i.model.heads import text_embeddings
+from dpt_t2i.generation.guidance import DEFAULT_T_RANGE, MatchScore, SelfCorrection
+from dpt_t2i.generation.referee import SHAPES_SETTINGS, RefereeSettings, dpt_scorer, generate
+from dpt_t2i.generation.sampling import (decode, encode_prompts, initial_latents, make_scheduler,
+                                         sample, unet_model_fn)
 from interleaved import interleaved_medians  # bench/interleaved.py
 
 

@@ -25,11 +25,13 @@ import time
 import torch
 from diffusers import UNet2DConditionModel
 
-from dpt_t2i.adapter import AdapterConfig
-from dpt_t2i.dpt import DPTConfig, DPTHeads
-from dpt_t2i.features import tap
-from dpt_t2i.lora import LoraSettings, add_lora
-from dpt_t2i.train import DPTObjective, TrainSettings
+from dpt_t2i.model.adapter import AdapterConfig
+from dpt_t2i.model.config import DPTConfig
+from dpt_t2i.model.heads import DPTHeads
+from dpt_t2i.model.features import tap
+from dpt_t2i.model.lora import LoraSettings, add_lora
+from dpt_t2i.training.objective import DPTObjective
+from dpt_t2i.training.settings import TrainSettings
 
 # stabilityai/stable-diffusion-2-1 unet/config.json (v-prediction, 768 px, OpenCLIP-H text)
 SD21_UNET = {

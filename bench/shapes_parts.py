@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpt_t2i.bundle import default_model_path
+from dpt_t2i.io.bundle import default_model_path
 from dpt_t2i.data.shapes.dataset import images_to_tensor, make_sample
 from dpt_t2i.data.shapes.negatives import sample_hard_negatives
 from dpt_t2i.data.shapes.parse import parse_image
 from dpt_t2i.data.shapes.world import random_scene, render
-from dpt_t2i.text import tokenize
+from dpt_t2i.model.text import tokenize
 
 
 @torch.no_grad()

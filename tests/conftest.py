@@ -148,9 +148,11 @@ def tiny_dpt(tiny_model, tmp_path_factory) -> Path:
     LoRA on every attention projection with random (non-zero) B matrices, rank 2, alpha 4."""
     from diffusers import UNet2DConditionModel
 
-    from dpt_t2i.adapter import AdapterConfig
-    from dpt_t2i.dpt import DPTConfig, DPTHeads, save_dpt
-    from dpt_t2i.lora import LoraSettings, add_lora
+    from dpt_t2i.io.dpt_folder import save_dpt
+    from dpt_t2i.model.adapter import AdapterConfig
+    from dpt_t2i.model.config import DPTConfig
+    from dpt_t2i.model.heads import DPTHeads
+    from dpt_t2i.model.lora import LoraSettings, add_lora
 
     torch.manual_seed(0)
     adapter = AdapterConfig(feature_dim=64, text_dim=32, d_model=32, n_heads=2, ffn_dim=64,

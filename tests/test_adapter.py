@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from dpt_t2i.adapter import AdapterConfig, DiscriminativeAdapter, build_adapter
-from dpt_t2i.bundle import default_model_path
-from dpt_t2i.text import encode_texts
+from dpt_t2i.io.bundle import default_model_path
+from dpt_t2i.model.adapter import AdapterConfig, DiscriminativeAdapter, build_adapter
+from dpt_t2i.model.text import encode_texts
 
 TINY = AdapterConfig(feature_dim=8, text_dim=12, d_model=16, n_heads=2, ffn_dim=32,
                      encoder_layers=1, decoder_layers=1, n_match_queries=3, n_ground_queries=5,
@@ -119,7 +119,7 @@ def test_end_to_end_on_the_shipped_shapes_model():
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from dpt_t2i.features import tap
+    from dpt_t2i.model.features import tap
 
     path = default_model_path()
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet").eval()

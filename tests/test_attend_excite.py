@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpt_t2i.attend_excite import subject_words, token_indices
 from dpt_t2i.cli import main
+from dpt_t2i.generation.attend_excite import subject_words, token_indices
 
 
 def dpt(*argv) -> int:
@@ -43,7 +43,7 @@ def test_token_indices_count_the_start_token_and_skip_used_positions(tokenizer):
 def test_token_indices_take_a_long_words_last_piece():
     from transformers import CLIPTokenizer
 
-    from dpt_t2i.bundle import default_model_path
+    from dpt_t2i.io.bundle import default_model_path
 
     # the Shapes tokenizer splits words it does not know into pieces
     tok = CLIPTokenizer.from_pretrained(default_model_path() / "tokenizer")
@@ -83,7 +83,7 @@ def test_attend_excite_input_errors(tiny_model, tmp_path, capsys, extra, message
 def test_attention_resolution_follows_the_unet(tiny_model):
     from types import SimpleNamespace
 
-    from dpt_t2i.attend_excite import attention_resolution
+    from dpt_t2i.generation.attend_excite import attention_resolution
 
     def bundle(side, down, up, mid="UNetMidBlock2DCrossAttn"):
         config = SimpleNamespace(sample_size=side, down_block_types=down, up_block_types=up,

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from dpt_t2i.boxes import (box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh,
-                           generalized_box_iou)
+from dpt_t2i.model.boxes import (box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh,
+                                 generalized_box_iou)
 
 
 def test_conversions_round_trip_and_known_value():

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 import dpt_t2i
-from dpt_t2i.bundle import (check_model_folder, default_model_path, load_bundle,
-                            read_vocabulary)
 from dpt_t2i.data.shapes.grammar import vocabulary
 from dpt_t2i.errors import UsageError
+from dpt_t2i.io.bundle import check_model_folder, default_model_path, load_bundle, read_vocabulary
 
 
 def test_load_bundle_reads_every_component(tiny_model):

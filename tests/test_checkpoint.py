@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from dpt_t2i import checkpoint
-from dpt_t2i.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from dpt_t2i.io import checkpoint
+from dpt_t2i.io.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 def _model_and_optimizer(seed: int = 0):

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpt_t2i.bundle import default_model_path, load_bundle
+from dpt_t2i.app.demo import METHODS, Demo, describe
 from dpt_t2i.cli import main
 from dpt_t2i.data.shapes.judge import Verdict
-from dpt_t2i.demo import METHODS, Demo, describe
-from dpt_t2i.dpt import default_dpt_path
 from dpt_t2i.errors import UsageError
+from dpt_t2i.io.bundle import default_model_path, load_bundle
+from dpt_t2i.io.dpt_folder import default_dpt_path
 
 PROMPT = "a red circle and a blue square"
 
@@ -66,7 +66,7 @@ def test_bad_input_is_a_usage_error(demo, prompt, methods, settings, message):
 
 def test_page_shows_bad_input_in_its_status_line_and_goes_on(demo):
     pytest.importorskip("gradio")
-    from dpt_t2i.demo_page import handler
+    from dpt_t2i.app.page import handler
 
     run = handler(demo)
     n = len(demo.methods)

@@ -4,6 +4,8 @@ Skipped where gradio, playwright or /usr/bin/chromium are missing; CI has all th
 (`.ci/run` installs Chromium with apt-get, as the README says).
 """
 
+import sys
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -13,9 +15,11 @@ pytest.importorskip("playwright.sync_api")
 
 from playwright.sync_api import expect  # noqa: E402
 
-from dpt_t2i.demo_page import element_id  # noqa: E402
-from dpt_t2i.demo_screenshot import (CHROMIUM, browser_page, click_generate,  # noqa: E402
-                                     generate, served, wait_for_images)
+from dpt_t2i.app.page import element_id  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from demo_screenshot import (CHROMIUM, browser_page, click_generate, generate,  # noqa: E402
+                             served, wait_for_images)
 
 if not CHROMIUM.is_file():
     pytest.skip(f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)",

@@ -6,10 +6,11 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from dpt_t2i.adapter import AdapterConfig
-from dpt_t2i.dpt import (CONFIG_FILE, DPTConfig, DPTHeads, load_dpt, read_dpt_config,
-                         rec_choice, save_dpt)
-from dpt_t2i.lora import LoraSettings, LoraWeights, add_lora
+from dpt_t2i.io.dpt_folder import CONFIG_FILE, load_dpt, read_dpt_config, save_dpt
+from dpt_t2i.model.adapter import AdapterConfig
+from dpt_t2i.model.config import DPTConfig
+from dpt_t2i.model.heads import DPTHeads, rec_choice
+from dpt_t2i.model.lora import LoraSettings, LoraWeights, add_lora
 
 SMALL = AdapterConfig(feature_dim=64, text_dim=32, d_model=32, n_heads=2, ffn_dim=64,
                       n_ground_queries=4, n_match_queries=2, max_hw=8)
@@ -80,7 +81,7 @@ def test_half_copy_stores_fp16_and_loads_back(tiny_model, tiny_dpt, tmp_path):
     from safetensors.torch import load_file
 
     from dpt_t2i.cli import main
-    from dpt_t2i.dpt import HEADS_FILE, LORA_FILE
+    from dpt_t2i.io.dpt_folder import HEADS_FILE, LORA_FILE
 
     assert main(["world", "ship-dpt", "--dpt", str(tiny_dpt), "--out",
                  str(tmp_path / "ship")]) == 0

@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from dpt_t2i.bundle import default_model_path
-from dpt_t2i.features import block_names, get_block, tap
+from dpt_t2i.io.bundle import default_model_path
+from dpt_t2i.model.features import block_names, get_block, tap
 
 
 @pytest.fixture(scope="module")

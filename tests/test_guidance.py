@@ -4,13 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpt_t2i.adapter import AdapterConfig
-from dpt_t2i.bundle import load_bundle
-from dpt_t2i.dpt import DPTConfig, DPTHeads, load_for_sampling, save_dpt, text_embeddings
-from dpt_t2i.features import tap
-from dpt_t2i.guidance import MatchScore, SelfCorrection
-from dpt_t2i.lora import LoraSettings, add_lora
-from dpt_t2i.sampling import encode_prompts, initial_latents, make_scheduler, sample
+from dpt_t2i.generation.guidance import MatchScore, SelfCorrection
+from dpt_t2i.generation.sampling import encode_prompts, initial_latents, make_scheduler, sample
+from dpt_t2i.io.bundle import load_bundle
+from dpt_t2i.io.dpt_folder import load_for_sampling, save_dpt
+from dpt_t2i.model.adapter import AdapterConfig
+from dpt_t2i.model.config import DPTConfig
+from dpt_t2i.model.features import tap
+from dpt_t2i.model.heads import DPTHeads, text_embeddings
+from dpt_t2i.model.lora import LoraSettings, add_lora
 
 SMALL = AdapterConfig(feature_dim=64, text_dim=32, d_model=32, n_heads=2, ffn_dim=64,
                       n_ground_queries=4, n_match_queries=3, max_hw=8)
@@ -149,7 +151,7 @@ def test_self_correction_raises_the_dpt_score_on_every_scheduler(bundle, heads, 
     """On the tiny U-Net with random heads: both modes end at a higher s(z_0, y) than no SC."""
     score = _score(bundle, heads)
     texts, _ = text_embeddings(heads, bundle.text_encoder, bundle.tokenizer, PROMPTS)
-    from dpt_t2i.sampling import unet_model_fn
+    from dpt_t2i.generation.sampling import unet_model_fn
 
     def final_score(latents):
         with torch.no_grad():
@@ -203,7 +205,7 @@ def test_dpt_weights_of_another_model_are_refused(tiny_model, tmp_path):
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_carried_move_is_the_move_in_model_input_units(bundle, name):
     """The sampler keeps delta so that the model's next input is moved by exactly delta."""
-    from dpt_t2i.sampling import _input_scale
+    from dpt_t2i.generation.sampling import _input_scale
 
     scheduler = make_scheduler(name, bundle.scheduler_config)
     scheduler.set_timesteps(5)

@@ -1,8 +1,8 @@
 import pytest
 
 from dpt_t2i.errors import UsageError
-from dpt_t2i.image_folder import (INDEX, check_output_folder, publish, read_index,
-                                  staging_folder, write_index)
+from dpt_t2i.io.image_folder import (INDEX, check_output_folder, publish, read_index,
+                                     staging_folder, write_index)
 
 
 def _stage_run(stage, names):

@@ -5,14 +5,13 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-
-from dpt_t2i.bundle import load_bundle
-from dpt_t2i.cli import main
-from dpt_t2i.dpt import LORA_FILE
-from dpt_t2i.interchange import (DIFFUSERS_LORA_FILE, export_diffusers_lora, official_lora,
-                                 read_official_checkpoint)
-
 from test_official_adapter import official_adapter_state
+
+from dpt_t2i.cli import main
+from dpt_t2i.io.bundle import load_bundle
+from dpt_t2i.io.dpt_folder import LORA_FILE
+from dpt_t2i.io.interchange import (DIFFUSERS_LORA_FILE, export_diffusers_lora, official_lora,
+                                    read_official_checkpoint)
 
 
 def test_plain_diffusers_with_the_export_draws_what_dpt_generate_draws(tiny_model, tiny_dpt,
@@ -44,8 +43,10 @@ def test_plain_diffusers_with_the_export_draws_what_dpt_generate_draws(tiny_mode
 
 
 def test_stage_one_folders_have_nothing_to_export(tmp_path):
-    from dpt_t2i.adapter import AdapterConfig
-    from dpt_t2i.dpt import DPTConfig, DPTHeads, save_dpt
+    from dpt_t2i.io.dpt_folder import save_dpt
+    from dpt_t2i.model.adapter import AdapterConfig
+    from dpt_t2i.model.config import DPTConfig
+    from dpt_t2i.model.heads import DPTHeads
 
     save_dpt(tmp_path / "probe", DPTHeads(AdapterConfig()), DPTConfig())
     with pytest.raises(ValueError, match="stage-1 DPT folder: it has no LoRA"):
@@ -121,8 +122,8 @@ def test_bad_checkpoint_files_are_named(tmp_path):
 def test_imported_folder_samples_with_the_legacy_lora(tiny_model, tmp_path, capsys):
     """`dpt import-official` then `dpt generate --dpt`: the image of the LoRA'd U-Net, and
     self-correction with the authors' adapter."""
-    from dpt_t2i.dpt import OFFICIAL_ADAPTER_FILE, load_for_sampling
-    from dpt_t2i.official_adapter import OfficialHeads
+    from dpt_t2i.io.dpt_folder import OFFICIAL_ADAPTER_FILE, load_for_sampling
+    from dpt_t2i.model.official_adapter import OfficialHeads
 
     unet = load_bundle(tiny_model).unet
     state = {k: v * 0.05 if ".processor." in k else v for k, v in _official_state(unet).items()}
@@ -183,7 +184,7 @@ def test_cli_errors_name_the_problem(tiny_model, tiny_dpt, tmp_path, capsys):
 def test_imported_adapter_of_another_model_is_refused(tiny_model, tmp_path, capsys):
     from diffusers import UNet2DConditionModel
 
-    from dpt_t2i.dpt import load_for_sampling
+    from dpt_t2i.io.dpt_folder import load_for_sampling
 
     unet = load_bundle(tiny_model).unet
     state = _official_state(unet)

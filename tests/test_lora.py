@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from dpt_t2i.lora import LoraSettings, LoraWeights, add_lora, target_modules
+from dpt_t2i.model.lora import LoraSettings, LoraWeights, add_lora, target_modules
 
 
 @pytest.fixture

@@ -4,9 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpt_t2i.losses import (DEFAULT_GROUNDING_WEIGHTS, GroundingCriterion, GroundingMatcher,
-                            MatchingLoss, matching_scores)
-
+from dpt_t2i.model.losses import (DEFAULT_GROUNDING_WEIGHTS, GroundingCriterion, GroundingMatcher,
+                                  MatchingLoss, matching_scores)
 
 # --- global matching -------------------------------------------------------------------
 
@@ -210,8 +209,9 @@ def test_matcher_rejects_bad_shapes():
 
 def test_adapter_outputs_feed_the_losses_directly():
     """The adapter's output dict is what the criterion reads; gradients reach the adapter."""
-    from dpt_t2i.adapter import AdapterConfig, build_adapter
-    from dpt_t2i.losses import DEFAULT_GROUNDING_WEIGHTS, GroundingCriterion, GroundingMatcher, MatchingLoss
+    from dpt_t2i.model.adapter import AdapterConfig, build_adapter
+    from dpt_t2i.model.losses import (DEFAULT_GROUNDING_WEIGHTS, GroundingCriterion,
+                                      GroundingMatcher, MatchingLoss)
 
     torch.manual_seed(0)
     adapter = build_adapter(AdapterConfig(feature_dim=8, text_dim=12, d_model=16, n_heads=2,

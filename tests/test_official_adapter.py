@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dpt_t2i.official_adapter import N_MATCH_QUERIES, OfficialHeads, sine_positions
+from dpt_t2i.model.official_adapter import N_MATCH_QUERIES, OfficialHeads, sine_positions
 
 
 def tiny_official(seed=0, feature_dim=32, clip_dim=32):

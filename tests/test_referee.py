@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dpt_t2i.referee import RefereeSettings, augment, cosine, optimise, referee_loss
+from dpt_t2i.generation.referee import RefereeSettings, augment, cosine, optimise, referee_loss
 
 
 def test_cosine_runs_from_start_to_end():
@@ -108,7 +108,7 @@ def test_shipped_referees_prefer_the_matching_render_and_give_gradients(kind):
     from dpt_t2i.data.samples import images_to_tensor
     from dpt_t2i.data.shapes.grammar import parse_prompt, scene_for
     from dpt_t2i.data.shapes.world import render
-    from dpt_t2i.referee import clip_scorer, dpt_scorer
+    from dpt_t2i.generation.referee import clip_scorer, dpt_scorer
 
     prompts = ["a red circle", "a blue square"]
     rng = __import__("numpy").random.default_rng(0)
@@ -121,8 +121,8 @@ def test_shipped_referees_prefer_the_matching_render_and_give_gradients(kind):
         scorer = clip_scorer(CLIPModel.from_pretrained(CLIP_FOLDER).eval(),
                              CLIPTokenizer.from_pretrained(CLIP_FOLDER))
     else:
-        from dpt_t2i.bundle import default_model_path, load_bundle
-        from dpt_t2i.dpt import default_dpt_path, load_for_sampling
+        from dpt_t2i.io.bundle import default_model_path, load_bundle
+        from dpt_t2i.io.dpt_folder import default_dpt_path, load_for_sampling
 
         bundle = load_bundle(default_model_path())
         heads, config = load_for_sampling(default_dpt_path(), bundle.unet)
@@ -181,9 +181,9 @@ def test_reference_settings_and_flags_override_the_preset(tmp_path):
 def test_a_sample_start_is_dpt_generates_image():
     """With no step taken (lr 0), init="sample" returns the DDIM sample of the seeds' noise,
     which is what `dpt generate` draws for them."""
-    from dpt_t2i.bundle import default_model_path, load_bundle
-    from dpt_t2i.referee import generate
-    from dpt_t2i.sampling import encode_prompts, initial_latents, make_scheduler, sample
+    from dpt_t2i.generation.referee import generate
+    from dpt_t2i.generation.sampling import encode_prompts, initial_latents, make_scheduler, sample
+    from dpt_t2i.io.bundle import default_model_path, load_bundle
 
     bundle = load_bundle(default_model_path())
     prompts, seeds = ["a red circle", "three blue squares"], [5, 9]

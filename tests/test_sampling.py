@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from dpt_t2i.bundle import load_bundle
-from dpt_t2i.sampling import (SCHEDULERS, decode, encode_prompts, image_generators,
-                              initial_latents, make_scheduler, sample)
+from dpt_t2i.generation.sampling import (SCHEDULERS, decode, encode_prompts, image_generators,
+                                         initial_latents, make_scheduler, sample)
+from dpt_t2i.io.bundle import load_bundle
 
 PROMPT = "a red circle to the left of a blue square"
 

@@ -5,12 +5,14 @@ import json
 import torch
 from safetensors import safe_open
 
-from dpt_t2i.bundle import default_model_path, load_bundle
 from dpt_t2i.cli import main
-from dpt_t2i.dpt import default_dpt_path, load_for_sampling, text_embeddings
 from dpt_t2i.eval.discriminative import DiscriminativeScorer, evaluate_itm, shapes_itm_item
-from dpt_t2i.guidance import MatchScore, SelfCorrection
-from dpt_t2i.sampling import encode_prompts, initial_latents, make_scheduler, unet_model_fn
+from dpt_t2i.generation.guidance import MatchScore, SelfCorrection
+from dpt_t2i.generation.sampling import (encode_prompts, initial_latents, make_scheduler,
+                                         unet_model_fn)
+from dpt_t2i.io.bundle import default_model_path, load_bundle
+from dpt_t2i.io.dpt_folder import default_dpt_path, load_for_sampling
+from dpt_t2i.model.heads import text_embeddings
 
 DPT = default_dpt_path()
 ITM_FLOOR = 0.5  # OOD overall measured 0.68 on 200 items (RECIPE.md); chance 0.25

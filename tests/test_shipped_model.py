@@ -6,12 +6,12 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from dpt_t2i.bundle import default_model_path, load_bundle
 from dpt_t2i.data.shapes.grammar import vocabulary
 from dpt_t2i.data.shapes.judge import judge
 from dpt_t2i.data.shapes.world import COLOURS, SHAPES
-from dpt_t2i.sampling import (decode, encode_prompts, image_generators, initial_latents,
-                              make_scheduler, sample)
+from dpt_t2i.generation.sampling import (decode, encode_prompts, image_generators, initial_latents,
+                                         make_scheduler, sample)
+from dpt_t2i.io.bundle import default_model_path, load_bundle
 
 MODEL = default_model_path()
 CLIP = MODEL.parent / "shapes-clip"

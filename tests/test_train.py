@@ -5,15 +5,19 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from dpt_t2i import train as train_module
-from dpt_t2i.adapter import AdapterConfig
-from dpt_t2i.bundle import default_model_path, load_bundle
-from dpt_t2i.dpt import DPTConfig, DPTHeads, load_dpt
-from dpt_t2i.lora import LoraSettings
-from dpt_t2i.train import ShapesSource, TrainSettings, draw_samples, train_dpt
-
 from shapes_model.resume import assert_identical
+
+from dpt_t2i.data.sources import ShapesSource, draw_samples
+from dpt_t2i.io.bundle import default_model_path, load_bundle
+from dpt_t2i.io.dpt_folder import load_dpt
+from dpt_t2i.model.adapter import AdapterConfig
+from dpt_t2i.model.config import DPTConfig
+from dpt_t2i.model.heads import DPTHeads
+from dpt_t2i.model.lora import LoraSettings
+from dpt_t2i.training import loop as loop_module
+from dpt_t2i.training import objective as objective_module
+from dpt_t2i.training.loop import train_dpt
+from dpt_t2i.training.settings import TrainSettings
 
 # the shipped Shapes model (8x8 latents: fast); its up0 block has 128 channels at 4x4
 ADAPTER = AdapterConfig(feature_dim=128, text_dim=128, d_model=32, n_heads=2, ffn_dim=64,
@@ -78,13 +82,13 @@ def test_tune_trains_lora_and_heads_from_the_probe(shipped, tmp_path):
 def test_feature_passes_follow_the_conditions(shipped, tmp_path, monkeypatch, condition,
                                               ground_condition, passes):
     seen = []
-    real = train_module.unet_features
+    real = objective_module.unet_features
 
     def spy(unet, config, latents, t, states):
         seen.append(states.detach().clone())
         return real(unet, config, latents, t, states)
 
-    monkeypatch.setattr(train_module, "unet_features", spy)
+    monkeypatch.setattr(objective_module, "unet_features", spy)
     run(shipped, tmp_path / "run", probe_config(condition, ground_condition),
         settings(steps=1))
     assert len(seen) == passes
@@ -123,7 +127,7 @@ def test_killed_run_resumes_to_identical_weights(shipped, tmp_path, monkeypatch,
     s = settings(stage=stage, steps=4)
     run(shipped, tmp_path / "reference", config, s)
 
-    real_step = train_module._optimizer_step
+    real_step = loop_module._optimizer_step
     taken = []
 
     def killed_at_3(*args):
@@ -133,11 +137,11 @@ def test_killed_run_resumes_to_identical_weights(shipped, tmp_path, monkeypatch,
         taken.append(step)
         return real_step(*args)
 
-    monkeypatch.setattr(train_module, "_optimizer_step", killed_at_3)
+    monkeypatch.setattr(loop_module, "_optimizer_step", killed_at_3)
     with pytest.raises(KeyboardInterrupt):
         run(shipped, tmp_path / "run", config, s)
     assert taken == [0, 1, 2] and (tmp_path / "run" / "latest").read_text() == "step-00000002"
-    monkeypatch.setattr(train_module, "_optimizer_step", real_step)
+    monkeypatch.setattr(loop_module, "_optimizer_step", real_step)
     summary = run(shipped, tmp_path / "run", config, s)
     assert summary["steps_this_run"] == 2
     assert_identical(tmp_path / "reference" / "final", tmp_path / "run" / "final")

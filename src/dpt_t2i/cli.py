@@ -11,14 +11,14 @@ from .errors import UsageError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from .commands import (dpt_train, evaluate, evaluate_disc, generate, interchange, prompts,
-                           referee, report, serve, sweep, world)
+    from .commands import (evaluate, evaluate_disc, generate, interchange, prompts, referee,
+                           report, serve, sweep_blocks, train, world)
 
     generate.register(sub)
     evaluate.register(sub)
-    dpt_train.register(sub)
+    train.register(sub)
     evaluate_disc.register(sub)
-    sweep.register(sub)
+    sweep_blocks.register(sub)
     prompts.register(sub)
     world.register(sub)
     interchange.register(sub)

@@ -123,7 +123,8 @@ def test_hn_itm_tuning_writes_a_lora_only_folder_that_generates(tiny_model, tmp_
 def test_hn_itm_objective_is_the_clipped_hinge():
     import torch
 
-    from dpt_t2i.train import HNITMObjective, TrainSettings
+    from dpt_t2i.training.hn_itm import HNITMObjective
+    from dpt_t2i.training.settings import TrainSettings
 
     class FixedUNet(torch.nn.Module):
         """Predicts 0 under text state 0 and 1 under text state 1 (shape of the input)."""

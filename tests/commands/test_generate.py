@@ -227,8 +227,10 @@ def test_each_method_changes_the_image_and_is_deterministic(dpt_runs):
 
 
 def test_dpt_of_another_model_is_a_usage_error(tiny_model, tmp_path, capsys):
-    from dpt_t2i.adapter import AdapterConfig
-    from dpt_t2i.dpt import DPTConfig, DPTHeads, save_dpt
+    from dpt_t2i.io.dpt_folder import save_dpt
+    from dpt_t2i.model.adapter import AdapterConfig
+    from dpt_t2i.model.config import DPTConfig
+    from dpt_t2i.model.heads import DPTHeads
 
     adapter = AdapterConfig(feature_dim=128, text_dim=32, d_model=32, n_heads=2, ffn_dim=64)
     save_dpt(tmp_path / "dpt", DPTHeads(adapter), DPTConfig(block="up0", adapter=adapter))

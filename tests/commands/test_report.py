@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from dpt_t2i.cli import main
-from dpt_t2i.dpt import default_dpt_path
+from dpt_t2i.io.dpt_folder import default_dpt_path
 
 
 def dpt(*argv) -> int:
@@ -89,7 +89,7 @@ def test_a_second_report_reads_the_cache(report, capsys):
 
 
 def test_a_cached_folder_made_otherwise_is_not_reused(report):
-    from dpt_t2i.report import ReportSettings, Work, _matches_plan
+    from dpt_t2i.eval.report import ReportSettings, Work, _matches_plan
 
     root, _ = report
     work = Work(root / "work", ReportSettings(per_family=1, num_images=1))

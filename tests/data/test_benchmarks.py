@@ -7,8 +7,8 @@ import pytest
 
 from dpt_t2i.cli import main
 from dpt_t2i.data.benchmarks import (BENCHMARKS, BenchmarkPrompt, read_abc6k, read_benchmark,
-                                     read_cc500, read_coco_nss1k, read_geneval,
-                                     read_t2i_compbench, write_geneval_layout)
+                                     read_cc500, read_coco_nss1k, read_geneval, read_t2i_compbench,
+                                     write_geneval_layout)
 from dpt_t2i.errors import UsageError
 
 # CC-500.txt as published: one prompt a line, one line ending in a tab

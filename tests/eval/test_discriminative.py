@@ -81,10 +81,11 @@ def test_rec_items_carry_boxes_of_the_scene():
 def test_the_grounding_pass_reads_the_expression_through_the_adapter_alone():
     # Grounding features from the empty prompt: the words reach the boxes only through the
     # adapter's token input, so two expressions on one image must give different outputs.
-    from dpt_t2i.adapter import AdapterConfig
-    from dpt_t2i.bundle import default_model_path, load_bundle
-    from dpt_t2i.dpt import DPTConfig, DPTHeads
     from dpt_t2i.eval.discriminative import DiscriminativeScorer
+    from dpt_t2i.io.bundle import default_model_path, load_bundle
+    from dpt_t2i.model.adapter import AdapterConfig
+    from dpt_t2i.model.config import DPTConfig
+    from dpt_t2i.model.heads import DPTHeads
 
     bundle = load_bundle(default_model_path())
     torch.manual_seed(0)
@@ -103,7 +104,7 @@ def test_the_grounding_pass_reads_the_expression_through_the_adapter_alone():
 
 
 def _tokens(bundle, texts):
-    from dpt_t2i.text import encode_texts, text_mask
+    from dpt_t2i.model.text import encode_texts, text_mask
 
     return encode_texts(bundle.text_encoder, bundle.tokenizer, texts)[1], text_mask(
         bundle.tokenizer, texts)

@@ -330,8 +330,8 @@ def test_inception_matches_torchmetrics_own_network(inception_weights):
     """Where torch-fidelity (and a working torchvision) is installed, torchmetrics' own
     NoTrainInceptionV3 on the same weights file gives the same features and logits."""
     try:
-        from torchmetrics.image.fid import NoTrainInceptionV3
         import torch_fidelity  # noqa: F401
+        from torchmetrics.image.fid import NoTrainInceptionV3
     except Exception as err:  # not installed, or torchvision fails to load on this torch
         pytest.skip(f"torch-fidelity unavailable ({type(err).__name__})")
     images = torch.randint(0, 256, (2, 3, 40, 56), dtype=torch.uint8,

@@ -19,7 +19,7 @@ def dpt(*argv) -> int:
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tiny_model):
-    from dpt_t2i.bundle import load_bundle
+    from dpt_t2i.io.bundle import load_bundle
 
     return load_bundle(tiny_model)
 
@@ -29,7 +29,7 @@ def test_clip_scores_are_cosines_of_the_shapes_clip():
 
     from dpt_t2i.data.samples import images_to_tensor
     from dpt_t2i.eval.quality import CLIP_FOLDER
-    from dpt_t2i.text import tokenize
+    from dpt_t2i.model.text import tokenize
 
     model = CLIPModel.from_pretrained(CLIP_FOLDER)
     tokenizer = CLIPTokenizer.from_pretrained(CLIP_FOLDER)
@@ -50,7 +50,7 @@ def test_clip_scores_are_cosines_of_the_shapes_clip():
 def test_diffusion_itm_score_is_the_unconditional_minus_the_conditional_error(tiny_bundle):
     from diffusers import DDPMScheduler
 
-    from dpt_t2i.text import encode_texts
+    from dpt_t2i.model.text import encode_texts
 
     scorer = DiffusionITMScorer(tiny_bundle, timesteps=(100, 700), seed=3)
     item = shapes_itm_item(1, 0, "id")

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import CLIPModel, CLIPTokenizer
 
+from dpt_t2i.model.text import tokenize
 from dpt_t2i.shapes_model import clip as clip_module
 from dpt_t2i.shapes_model.clip import build_clip, contrastive_loss, train_clip
-from dpt_t2i.text import tokenize
 from dpt_t2i.shapes_model.tokenizer import MAX_LENGTH, build_tokenizer
 
 from .resume import assert_changed, assert_identical, watch_steps

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from dpt_t2i.shapes_model.loop import cosine_lr, run_loop
+from dpt_t2i.shapes_model.loop import run_loop
+from dpt_t2i.training.schedule import cosine_lr
 
 
 def test_cosine_lr_warms_up_then_decays_to_the_floor():

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..eval.zero_shot import DEFAULT_TIMESTEPS
-from .model_args import (add_model_argument, add_threads_argument, model_folder,
-                         quiet_loading, set_threads)
+from .model_args import (add_model_argument, add_threads_argument, model_folder, quiet_loading,
+                         set_threads)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         args.n_rec = 0  # the baselines draw no boxes
     model = model_folder(args.model)
     quiet_loading()
-    from ..bundle import load_bundle
+    from ..io.bundle import load_bundle
 
     bundle = load_bundle(model)
     settings = {"method": args.method, "dpt": str(args.dpt) if args.dpt else None,
@@ -109,7 +109,7 @@ def _timesteps(text: str) -> tuple[int, ...]:
 
 def _scorer(args, bundle, timesteps: tuple[int, ...], settings: dict):
     """The scorer of --method; records its settings."""
-    from ..dpt import load_dpt
+    from ..io.dpt_folder import load_dpt
 
     if args.method == "clip":
         from ..eval.quality import CLIP_FOLDER, load_clip_and_tokenizer

@@ -30,15 +30,16 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..bundle import ModelBundle, default_model_path, load_bundle, read_vocabulary
 from ..data.benchmarks import check_geneval_out, write_geneval_layout
 from ..errors import UsageError
-from ..image_folder import (INDEX, check_output_folder, numbered_records, publish,
-                            staging_folder, write_index, write_png)
-from ..dpt import default_dpt_path, load_for_sampling, read_dpt_config, text_embeddings
-from ..guidance import DEFAULT_T_RANGE, MODES, MatchScore, SelfCorrection
-from ..sampling import (SCHEDULERS, decode, encode_prompts, image_generators, initial_latents,
-                        make_scheduler, sample, unet_model_fn)
+from ..generation.guidance import DEFAULT_T_RANGE, MODES, MatchScore, SelfCorrection
+from ..generation.sampling import (SCHEDULERS, decode, encode_prompts, image_generators,
+                                   initial_latents, make_scheduler, sample, unet_model_fn)
+from ..io.bundle import ModelBundle, default_model_path, load_bundle, read_vocabulary
+from ..io.dpt_folder import default_dpt_path, load_for_sampling, read_dpt_config
+from ..io.image_folder import (INDEX, check_output_folder, numbered_records, publish,
+                               staging_folder, write_index, write_png)
+from ..model.heads import text_embeddings
 from .model_args import model_folder, quiet_loading
 from .prompt_input import (add_benchmark_arguments, add_prompt_arguments, check_vocabulary,
                            read_prompt_set)
@@ -46,8 +47,9 @@ from .prompt_input import (add_benchmark_arguments, add_prompt_arguments, check_
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
 
-    from ..dpt import DPTConfig, DPTHeads
-    from ..sampling import ModelFn
+    from ..generation.sampling import ModelFn
+    from ..model.config import DPTConfig
+    from ..model.heads import DPTHeads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -235,8 +237,8 @@ def _subject_indices(bundle: ModelBundle, prompts: list[str], records: list[dict
                      ) -> dict[str, list[int]]:
     """Each prompt's A&E token indices (also written into its records); UsageError naming a
     prompt without subject words."""
-    from ..attend_excite import subject_words, token_indices
     from ..data.shapes.world import SHAPES
+    from ..generation.attend_excite import subject_words, token_indices
 
     nouns = None
     if words is not None:
@@ -343,7 +345,7 @@ def sample_images(bundle: ModelBundle, prompts: list[str], seeds: list[int], ste
     scheduler.set_timesteps(steps)
     latents = initial_latents(seeds, bundle.latent_shape(), scheduler, generators)
     if method.subjects is not None:
-        from ..attend_excite import build_pipeline, sample_attend_excite
+        from ..generation.attend_excite import build_pipeline, sample_attend_excite
 
         return sample_attend_excite(build_pipeline(bundle, scheduler), bundle, prompts,
                                     [method.subjects[p] for p in prompts], latents, steps,

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..interchange import export_diffusers_lora
+    from ..io.interchange import export_diffusers_lora
 
     try:
         path = export_diffusers_lora(args.dpt, args.out)
@@ -57,7 +57,7 @@ def run_import(args: argparse.Namespace) -> int:
     quiet_loading()
     from diffusers import UNet2DConditionModel
 
-    from ..interchange import import_official
+    from ..io.interchange import import_official
 
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", local_files_only=True)
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..bundle import check_model_folder, default_model_path
 from ..errors import UsageError
+from ..io.bundle import check_model_folder, default_model_path
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:

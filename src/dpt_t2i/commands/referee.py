@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--referee", choices=["dpt", "clip"], default="dpt")
     p.add_argument("--dpt", type=Path, default=None, metavar="PATH",
                    help="--referee dpt: a DPT folder (default: the shipped DPT weights)")
-    from ..referee import INITS, SHAPES_SETTINGS, RefereeSettings
+    from ..generation.referee import INITS, SHAPES_SETTINGS, RefereeSettings
 
     reference = RefereeSettings()
     p.add_argument("--reference-settings", action="store_true",
@@ -74,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     model = model_folder(args.model)
     settings = _settings(args, model)
-    from ..bundle import load_bundle, read_vocabulary
-    from ..image_folder import (INDEX, check_output_folder, numbered_records, publish,
-                                staging_folder, write_index)
+    from ..io.bundle import load_bundle, read_vocabulary
+    from ..io.image_folder import (INDEX, check_output_folder, numbered_records, publish,
+                                   staging_folder, write_index)
 
     vocabulary = read_vocabulary(model)
     if vocabulary is not None:
@@ -98,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace, model: Path):
     """The run's RefereeSettings: the flags given over the model's preset."""
-    from ..bundle import default_model_path
-    from ..referee import SHAPES_SETTINGS, RefereeSettings
+    from ..generation.referee import SHAPES_SETTINGS, RefereeSettings
+    from ..io.bundle import default_model_path
 
     shapes = model == default_model_path().resolve() and not args.reference_settings
     preset = SHAPES_SETTINGS if shapes else RefereeSettings()
@@ -113,14 +113,14 @@ def _settings(args: argparse.Namespace, model: Path):
 
 
 def _scorer(args, bundle, model: Path):
-    from ..referee import clip_scorer, dpt_scorer
+    from ..generation.referee import clip_scorer, dpt_scorer
 
     if args.referee == "clip":
         from ..eval.quality import load_clip_and_tokenizer
 
         return clip_scorer(*load_clip_and_tokenizer())
-    from ..bundle import default_model_path
-    from ..dpt import default_dpt_path, load_for_sampling
+    from ..io.bundle import default_model_path
+    from ..io.dpt_folder import default_dpt_path, load_for_sampling
 
     folder = args.dpt
     if folder is None:
@@ -139,9 +139,9 @@ def _scorer(args, bundle, model: Path):
 def _render(bundle, scorer, records: list[dict], folder: Path, settings, batch_size: int) -> None:
     from tqdm.auto import tqdm
 
-    from ..image_folder import write_png
-    from ..referee import generate
-    from ..sampling import decode
+    from ..generation.referee import generate
+    from ..generation.sampling import decode
+    from ..io.image_folder import write_png
 
     with tqdm(total=len(records) * settings.iterations, unit="it", desc="referee",
               dynamic_ncols=True) as bar:

@@ -84,7 +84,7 @@ def build_defaults() -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     quiet_loading()
-    from ..report import ReportSettings, Work, build_report, inputs_from_args
+    from ..eval.report import ReportSettings, Work, build_report, inputs_from_args
 
     try:
         etas = tuple(float(e) for e in args.etas.split(",") if e.strip())

@@ -48,11 +48,11 @@ def run(args: argparse.Namespace) -> int:
     model = model_folder(args.model)
     dpt = _dpt_folder(args.dpt, model)
     try:
-        from ..demo_page import build_page, launch
+        from ..app.page import build_page, launch
     except ImportError as err:
         raise UsageError(f"dpt serve needs the demo extra ({err}): pip install "
                          "\"dpt-t2i[demo]\"") from None
-    from ..demo import Demo
+    from ..app.demo import Demo
 
     quiet_loading()
     page = build_page(Demo.load(model, dpt, _referee_settings(model)))
@@ -69,16 +69,16 @@ def run(args: argparse.Namespace) -> int:
 def _referee_settings(model: Path):
     """The referee's settings, as `dpt referee` takes them: the ones measured best on the
     shipped Shapes model there, the reference code's elsewhere."""
-    from ..bundle import default_model_path
-    from ..referee import SHAPES_SETTINGS, RefereeSettings
+    from ..generation.referee import SHAPES_SETTINGS, RefereeSettings
+    from ..io.bundle import default_model_path
 
     return SHAPES_SETTINGS if model == default_model_path().resolve() else RefereeSettings()
 
 
 def _dpt_folder(folder: Path | None, model: Path) -> Path | None:
     """The checked DPT folder: --dpt, else the shipped weights on the shipped model, else None."""
-    from ..bundle import default_model_path
-    from ..dpt import default_dpt_path, read_dpt_config
+    from ..io.bundle import default_model_path
+    from ..io.dpt_folder import default_dpt_path, read_dpt_config
 
     if folder is None:
         if model != default_model_path().resolve() or not default_dpt_path().is_dir():

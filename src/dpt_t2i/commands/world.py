@@ -123,7 +123,7 @@ def _assemble(args: argparse.Namespace) -> int:
 
 
 def _ship_dpt(args: argparse.Namespace) -> int:
-    from ..dpt import half_copy
+    from ..io.dpt_folder import half_copy
 
     try:
         out = half_copy(args.dpt, args.out)

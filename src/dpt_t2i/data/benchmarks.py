@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
-from ..image_folder import INDEX, check_output_folder, read_index, staging_folder
+from ..io.image_folder import INDEX, check_output_folder, read_index, staging_folder
 
 BENCHMARKS = ("cc-500", "abc-6k", "coco-nss1k", "t2i-compbench", "geneval")
 COMPBENCH_CATEGORIES = ("color", "shape", "texture", "spatial", "non_spatial", "complex",

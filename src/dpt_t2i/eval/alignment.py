@@ -18,7 +18,7 @@ from ..data.shapes.grammar import FAMILIES, Prompt, PromptError, parse_prompt
 from ..data.shapes.judge import judge
 from ..data.shapes.splits import is_ood
 from ..errors import UsageError
-from ..image_folder import read_index
+from ..io.image_folder import read_index
 
 
 def judge_folders(folders: list[Path]) -> list[dict]:

@@ -21,14 +21,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..boxes import box_cxcywh_to_xyxy, box_iou
 from ..data.samples import images_to_tensor
 from ..data.shapes.dpt_samples import make_dpt_sample
 from ..data.shapes.grammar import parse_prompt, satisfied, scene_for
 from ..data.shapes.world import render
-from ..dpt import DPTConfig, DPTHeads, itm_matrix, rec_choice, text_embeddings, unet_features
-from ..losses import matching_scores
-from ..text import encode_texts, text_mask
+from ..model.boxes import box_cxcywh_to_xyxy, box_iou
+from ..model.config import DPTConfig
+from ..model.heads import DPTHeads, itm_matrix, rec_choice, text_embeddings, unet_features
+from ..model.losses import matching_scores
+from ..model.text import encode_texts, text_mask
 
 CHUNK = 128  # latents per U-Net call
 

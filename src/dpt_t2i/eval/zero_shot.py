@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..data.samples import images_to_tensor
-from ..text import encode_texts, tokenize
+from ..model.text import encode_texts, tokenize
 
 CHUNK = 128  # latents per U-Net call
 DEFAULT_TIMESTEPS = tuple(range(50, 1000, 100))  # 10 levels, 50 .. 950

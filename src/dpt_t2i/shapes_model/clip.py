@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from ..data.shapes.dataset import images_to_tensor, make_batch
-from ..text import tokenize
+from ..model.text import tokenize
 from .loop import run_loop
 from .tokenizer import MAX_LENGTH, build_tokenizer
 

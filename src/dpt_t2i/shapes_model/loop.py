@@ -7,7 +7,6 @@ from a checkpoint takes exactly the steps an uninterrupted run would have taken.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -15,15 +14,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-
-
-def cosine_lr(step: int, total: int, base: float, warmup: int = 100, floor: float = 0.1) -> float:
-    """Linear warm-up, then cosine decay from `base` to `floor * base`."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+from ..io.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..training.schedule import cosine_lr
 
 
 def run_loop(run_dir: Path, total_steps: int, step_fn: Callable[[int], dict[str, float]],

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..data.shapes.dataset import images_to_tensor, make_sample
-from ..text import tokenize
+from ..model.text import tokenize
 from .loop import run_loop
 
 TEXT_WIDTH = 128  # the Shapes CLIP text encoder's hidden size (shapes_model.clip.build_clip)

@@ -5,8 +5,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from dpt_t2i.data.shapes.grammar import (FAMILIES, Prompt, parse_prompt, random_prompt,
-                                         satisfied, scene_for)
+from dpt_t2i.data.shapes.grammar import (FAMILIES, Prompt, parse_prompt, random_prompt, satisfied,
+                                         scene_for)
 from dpt_t2i.data.shapes.negatives import FLIPS, KINDS, hard_negatives, sample_hard_negatives
 from dpt_t2i.data.shapes.world import ShapeObject
 

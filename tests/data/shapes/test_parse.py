@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from dpt_t2i.data.shapes.dataset import make_sample
-from dpt_t2i.data.shapes.parse import (ParsedObject, classify_shape, parse_image,
-                                       size_of_side)
+from dpt_t2i.data.shapes.parse import ParsedObject, classify_shape, parse_image, size_of_side
 from dpt_t2i.data.shapes.world import (BACKGROUND, PALETTE, SHAPES, ShapeObject, random_scene,
                                        render)
 

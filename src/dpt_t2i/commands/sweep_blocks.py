@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 from ..errors import UsageError
-from .model_args import (add_model_argument, add_threads_argument, model_folder,
-                         quiet_loading, set_threads)
+from .model_args import (add_model_argument, add_threads_argument, model_folder, quiet_loading,
+                         set_threads)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--t-max must be in 1..1000, got {args.t_max}")
     model = model_folder(args.model)
     quiet_loading()
-    from ..bundle import load_bundle
-    from ..features import block_names
+    from ..io.bundle import load_bundle
+    from ..model.features import block_names
 
     names = block_names(load_bundle(model).unet)
     blocks = args.blocks.split(",") if args.blocks else names
@@ -58,13 +58,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _probe_and_evaluate(args: argparse.Namespace, model: Path, block: str) -> dict:
-    from ..adapter import AdapterConfig
-    from ..bundle import load_bundle
-    from ..dpt import DPTConfig, load_dpt
+    from ..data.sources import ShapesSource
     from ..eval.discriminative import DiscriminativeScorer, evaluate_shapes
-    from ..train import ShapesSource, TrainSettings, train_dpt
-    from ..features import block_channels
-    from .dpt_train import latent_side
+    from ..io.bundle import load_bundle
+    from ..io.dpt_folder import load_dpt
+    from ..model.adapter import AdapterConfig
+    from ..model.config import DPTConfig
+    from ..model.features import block_channels
+    from ..training.loop import train_dpt
+    from ..training.settings import TrainSettings
+    from .train import latent_side
 
     run_dir = args.run_dir / block
     cached = run_dir / "eval.json"

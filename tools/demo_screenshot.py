@@ -1,12 +1,14 @@
 """`dpt serve`'s page in a real browser: Debian's Chromium, headless, driven by Playwright.
 
-    python -m dpt_t2i.demo_screenshot --out docs/demo.png
+    python tools/demo_screenshot.py --out docs/demo.png
 
 starts `dpt serve` on a free port, types a prompt, generates the base model, DPT and DPT + SC
 (25 steps; `--runs N` repeats with seeds 0..N-1), prints the time from the click to the
 images and saves a screenshot of the page (the README's). The browser test
-(tests/test_demo_browser.py) drives the page with the same helpers. Needs the `playwright` package (it brings its own driver; no browser is downloaded:
-the browser is /usr/bin/chromium, from `apt-get install chromium`).
+(tests/test_demo_browser.py) drives the page with the same helpers. Needs the `playwright`
+package (it brings its own driver; no browser is downloaded: the browser is
+/usr/bin/chromium, from `apt-get install chromium`). A tool of the repository, not of the
+installed package.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from .demo_page import element_id
+from dpt_t2i.app.page import element_id
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

@@ -17,8 +17,8 @@ import math
 from pathlib import Path
 
 from ..errors import UsageError
-from .model_args import (add_model_argument, add_threads_argument, model_folder,
-                         quiet_loading, set_threads)
+from .model_args import (add_model_argument, add_threads_argument, model_folder, quiet_loading,
+                         set_threads)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -116,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     model = model_folder(args.model)
     quiet_loading()
-    from ..bundle import load_bundle
-    from ..train import train_dpt
+    from ..io.bundle import load_bundle
+    from ..training.loop import train_dpt
 
     bundle = load_bundle(model)
     config, init_heads = _dpt_config(args, bundle)
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace):
-    from ..train import TrainSettings
+    from ..training.settings import TrainSettings
 
     for name in ("steps", "batch", "grad_accum", "checkpoint_every"):
         if getattr(args, name) < 1:
@@ -166,10 +166,11 @@ def _settings(args: argparse.Namespace):
 
 def _dpt_config(args: argparse.Namespace, bundle):
     """The DPT config of the run, and the heads to start from (stage 2)."""
-    from ..adapter import AdapterConfig
-    from ..dpt import DPTConfig, load_dpt
-    from ..features import block_channels, block_names
-    from ..lora import LoraSettings
+    from ..io.dpt_folder import load_dpt
+    from ..model.adapter import AdapterConfig
+    from ..model.config import DPTConfig
+    from ..model.features import block_channels, block_names
+    from ..model.lora import LoraSettings
 
     if args.stage != "probe" and args.lora_rank < 1:
         raise UsageError(f"--lora-rank must be >= 1, got {args.lora_rank}")
@@ -219,7 +220,7 @@ def latent_side(bundle, args: argparse.Namespace) -> int:
 
 
 def _check_fits(config, bundle, what: str) -> None:
-    from ..features import block_channels
+    from ..model.features import block_channels
 
     want = block_channels(bundle.unet, config.block)
     text = bundle.text_encoder.config.hidden_size
@@ -230,7 +231,7 @@ def _check_fits(config, bundle, what: str) -> None:
 
 
 def _source(args: argparse.Namespace, bundle, settings):
-    from ..train import ShapesSource
+    from ..data.sources import ShapesSource
 
     if args.coco_captions is None and args.coco_images is None:
         if args.refcoco_refs or args.refcoco_instances:

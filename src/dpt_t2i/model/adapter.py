@@ -22,8 +22,6 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
-
-
 MATCH_TEXTS = ("pooled", "tokens")
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .data.shapes.grammar import FAMILIES
-from .eval.plots import bar_chart, line_chart
-from .image_folder import read_index
+from ..data.shapes.grammar import FAMILIES
+from ..io.image_folder import read_index
+from .plots import bar_chart, line_chart
 
 CHANCE = 0.25  # ITM: 1 positive vs 3 negatives
 
@@ -189,7 +189,7 @@ def _fig4b(out: Path, sweep: dict) -> str:
 
 def _fig5(out: Path, data: dict, work) -> str:
     """Prompts (rows: the first OOD prompt of each family) by methods (columns), image 0."""
-    from .data.shapes.grammar import parse_prompt
+    from ..data.shapes.grammar import parse_prompt
 
     prompts, seen = [], set()
     for line in work.prompts("ood").read_text().splitlines():
@@ -238,7 +238,7 @@ def _wrapped(draw: ImageDraw.ImageDraw, text: str, xy: tuple[int, int], width: i
 def _inputs(data: dict) -> str:
     """How each compared folder was trained: a DPT folder's dpt_config.json "training" record,
     or a run folder's run_config.json."""
-    from .dpt import CONFIG_FILE
+    from ..io.dpt_folder import CONFIG_FILE
 
     lines = ["## The trained folders compared", "",
              "| input | folder | stage | steps | settings |", "|---|---|---|---|---|"]

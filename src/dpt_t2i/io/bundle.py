@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -59,7 +59,7 @@ class ModelBundle:
 
 def default_model_path() -> Path:
     """The Shapes-world model shipped inside the installed package."""
-    return Path(__file__).resolve().parent / "weights" / "shapes-t2i"
+    return Path(__file__).resolve().parents[1] / "weights" / "shapes-t2i"
 
 
 def check_model_folder(path: str | Path) -> Path:
@@ -104,7 +104,7 @@ def read_vocabulary(folder: str | Path) -> tuple[str, ...] | None:
         raise UsageError(f"cannot read {marker} ({_one_line(err)}); {expected}") from None
     words = data.get("vocabulary") if isinstance(data, dict) else None
     if words is None and isinstance(data, dict):
-        from .data.shapes.grammar import vocabulary
+        from ..data.shapes.grammar import vocabulary
 
         return vocabulary()
     if not isinstance(words, list) or not all(isinstance(w, str) for w in words):

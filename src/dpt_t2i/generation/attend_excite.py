@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .bundle import ModelBundle
+from ..io.bundle import ModelBundle
 from .sampling import decode
 
 SPLIT = re.compile(r"\s*(?:,|\band\b|\bwith\b)\s*")

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 SPLITS = ("ood", "id")
 COST_ROUNDS = 2
@@ -71,7 +71,7 @@ class Work:
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
 
     def prompts(self, split: str) -> Path:
-        from .data.shapes.splits import benchmark_prompts
+        from ..data.shapes.splits import benchmark_prompts
 
         path = self.folder / f"prompts-{split}.txt"
         text = "".join(p.text + "\n"
@@ -105,8 +105,8 @@ class Work:
             cached = json.loads(cache.read_text())
             if cached.get("index") == index:
                 return cached["row"]
-        from .eval.alignment import judge_folders, summarize
-        from .eval.quality import quality_by_split
+        from .alignment import judge_folders, summarize
+        from .quality import quality_by_split
 
         verdicts = judge_folders([folder])
         row = summarize(verdicts)[split]
@@ -132,7 +132,7 @@ class Work:
 
     def checkpoint_folder(self, run_dir: Path, step: int) -> Path:
         """A DPT folder of a tune run's checkpoint `step` (its config from the run's final/)."""
-        from .dpt import CONFIG_FILE
+        from ..io.dpt_folder import CONFIG_FILE
 
         source = Path(run_dir) / f"step-{step:08d}"
         out = self.folder / "curve" / f"step-{step}"
@@ -161,7 +161,7 @@ def curve_steps(run_dir: Path) -> list[int]:
 
 
 def _dpt(argv: list[str]) -> None:
-    from .cli import main
+    from ..cli import main
 
     code = main(argv)
     if code != 0:
@@ -172,11 +172,11 @@ def _matches_plan(folder: Path, argv: list[str]) -> bool:
     """Whether folder's index holds exactly the records `dpt generate argv` plans."""
     if not (folder / "index.jsonl").is_file():
         return False
-    from .cli import build_parser
-    from .commands import generate
-    from .commands.model_args import model_folder
-    from .commands.prompt_input import read_prompt_set
-    from .image_folder import read_index
+    from ..cli import build_parser
+    from ..commands import generate
+    from ..commands.model_args import model_folder
+    from ..commands.prompt_input import read_prompt_set
+    from ..io.image_folder import read_index
 
     args = build_parser().parse_args([*argv, "--out", str(folder)])
     prompts, benchmark = read_prompt_set(args)
@@ -233,7 +233,7 @@ def build_report(work: Work, inputs: ReportInputs, out: Path, argv: list[str]) -
                          for e in s.etas}
     data["curve"] = _curve(work, inputs) if inputs.curve else None
     data["blocks"] = _blocks(inputs.sweep) if inputs.sweep else None
-    from .report_write import write_report
+    from .report_tables import write_report
 
     write_report(out, data, work, inputs, argv)
     return data
@@ -352,7 +352,7 @@ def _blocks(sweep: Path) -> dict:
 
 
 def inputs_from_args(args: argparse.Namespace) -> ReportInputs:
-    from .dpt import default_dpt_path, read_dpt_config
+    from ..io.dpt_folder import default_dpt_path, read_dpt_config
 
     inputs = ReportInputs(dpt=args.dpt or default_dpt_path(), probe=args.probe,
                           hn_itm=args.hn_itm, match_only=args.match_only,

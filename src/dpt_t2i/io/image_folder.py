@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from .errors import UsageError
+from ..errors import UsageError
 
 INDEX = "index.jsonl"
 

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .features import tap
-from .losses import matching_scores
+from ..model.features import tap
+from ..model.losses import matching_scores
 
 if TYPE_CHECKING:
-    from .dpt import DPTConfig, DPTHeads
+    from ..model.config import DPTConfig
+    from ..model.heads import DPTHeads
     from .sampling import ModelFn
 
 MODES = ("carry", "predict-only")

@@ -32,11 +32,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .bundle import ModelBundle, load_bundle
-from .data.shapes.grammar import Prompt, PromptError, parse_prompt
-from .data.shapes.judge import Verdict, judge
-from .errors import UsageError
-from .referee import RefereeSettings
+from ..data.shapes.grammar import Prompt, PromptError, parse_prompt
+from ..data.shapes.judge import Verdict, judge
+from ..errors import UsageError
+from ..generation.referee import RefereeSettings
+from ..io.bundle import ModelBundle, load_bundle
 
 # key -> label on the page, in the page's order
 METHODS = {"base": "Base model", "dpt": "DPT", "dpt+sc": "DPT + SC", "referee": "Referee"}
@@ -91,7 +91,7 @@ class Demo:
 
     def __init__(self, bundle: ModelBundle, dpt: Path | None = None, guidance: float = 7.5,
                  scheduler: str = "ddim", referee: RefereeSettings | None = None):
-        from .dpt import load_for_sampling
+        from ..io.dpt_folder import load_for_sampling
 
         self.bundle, self.dpt_path = bundle, dpt
         self.guidance, self.scheduler = guidance, scheduler
@@ -162,8 +162,8 @@ class Demo:
     def _check(self, prompt: str, methods: Sequence[str], seed, steps, eta: float,
                iterations) -> tuple[int, int, int]:
         """Raise UsageError on bad input; return seed, steps and iterations as ints."""
-        from .commands.generate import check_lengths
-        from .commands.prompt_input import check_vocabulary
+        from ..commands.generate import check_lengths
+        from ..commands.prompt_input import check_vocabulary
 
         if not prompt:
             raise UsageError("the prompt is empty: type one, such as "
@@ -197,11 +197,11 @@ class Demo:
     def _image(self, method: str, prompt: str, seed: int, steps: int, eta: float,
                iterations: int, tick: Callable[[int], None]) -> np.ndarray:
         """(H, W, 3) uint8: the image of one method."""
-        from .commands.generate import Method, sample_images
+        from ..commands.generate import Method, sample_images
 
         if method == "referee":
-            from .referee import dpt_scorer, generate
-            from .sampling import decode
+            from ..generation.referee import dpt_scorer, generate
+            from ..generation.sampling import decode
 
             scorer = dpt_scorer(self.dpt_bundle, self.heads, self.config)
             settings = replace(self.referee, iterations=iterations)
@@ -218,8 +218,8 @@ class Demo:
         """s(z, y) of one image (module docstring); None without an adapter."""
         if self.heads is None:
             return None
-        from .data.samples import images_to_tensor
-        from .referee import dpt_scorer
+        from ..data.samples import images_to_tensor
+        from ..generation.referee import dpt_scorer
 
         # a fresh scorer: the same noise for every image, whatever was scored before
         scorer = dpt_scorer(self.dpt_bundle, self.heads, self.config, timestep=SCORE_TIMESTEP)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from dpt_t2i.boxes import box_cxcywh_to_xyxy, generalized_box_iou
+from .boxes import box_cxcywh_to_xyxy, generalized_box_iou
 
 # Weights l0..l3 of eq. 7. The paper does not print them; L1 5 and GIoU 2 are DETR's
 # (Carion et al. 2020), the contrastive term 1 as MDETR's alignment loss (Kamath et al. 2021).

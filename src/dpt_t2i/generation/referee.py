@@ -228,7 +228,7 @@ def optimise(decode: Callable[[Tensor], Tensor], scorer: Scorer, prompts: list[s
 def clip_scorer(model, tokenizer) -> Scorer:
     """A CLIP model's cosine similarity of image and prompt (the Shapes CLIP reads images in
     [-1, 1] at the world's size)."""
-    from .eval.zero_shot import clip_image_embeds, clip_text_embeds
+    from ..eval.zero_shot import clip_image_embeds, clip_text_embeds
 
     cache: dict[str, Tensor] = {}
 
@@ -248,7 +248,7 @@ def dpt_scorer(bundle, heads, config, timestep: int = 100, seed: int = 0) -> Sco
     `timestep` with fresh seeded noise at each call, read by the adapter."""
     from diffusers import DDPMScheduler
 
-    from .dpt import text_embeddings
+    from ..model.heads import text_embeddings
     from .guidance import MatchScore
     from .sampling import encode_prompts
 
@@ -287,8 +287,7 @@ def generate(bundle, scorer: Scorer, prompts: list[str], seeds: list[int],
     the start counts as none)."""
     from diffusers import DDPMScheduler
 
-    from .sampling import (encode_prompts, image_generators, initial_latents, make_scheduler,
-                           sample)
+    from .sampling import encode_prompts, image_generators, initial_latents, make_scheduler, sample
 
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds")

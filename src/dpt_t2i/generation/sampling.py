@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .text import tokenize
+from ..model.text import tokenize
 
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin
 
-    from .bundle import ModelBundle
+    from ..io.bundle import ModelBundle
 
 # command-line name -> diffusers scheduler class
 SCHEDULERS = {

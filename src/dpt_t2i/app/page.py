@@ -19,8 +19,8 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from ..errors import UsageError
 from .demo import EXAMPLES, METHODS, Comparison, Demo, Shown, describe
-from .errors import UsageError
 
 DEFAULT_METHODS = ("base", "dpt", "dpt+sc")  # the referee is slower: ticked by choice
 DISPLAY_SIDE = 256  # smallest side an image is shown at
@@ -39,7 +39,7 @@ def build_page(demo: Demo, title: str = "dpt-t2i: methods side by side") -> gr.B
     `iterations`, `status`, and per method `result-<id>` (its column), `image-<id>` and
     `caption-<id>` (see `element_id`).
     """
-    from .guidance import DEFAULT_T_RANGE
+    from ..generation.guidance import DEFAULT_T_RANGE
 
     methods = demo.methods
     low, high = DEFAULT_T_RANGE

@@ -20,11 +20,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..model.config import DPTConfig
+from ..model.features import block_channels
+from ..model.lora import LoraSettings, target_modules
+from ..model.official_adapter import PREFIXES as ADAPTER_PREFIXES
+from ..model.official_adapter import OfficialHeads
 from .checkpoint import atomic_folder
-from .dpt import CONFIG_FILE, LORA_FILE, OFFICIAL_ADAPTER_FILE, DPTConfig, read_dpt_config
-from .features import block_channels
-from .lora import LoraSettings, target_modules
-from .official_adapter import PREFIXES as ADAPTER_PREFIXES, OfficialHeads
+from .dpt_folder import CONFIG_FILE, LORA_FILE, OFFICIAL_ADAPTER_FILE, read_dpt_config
 
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
 # projection name in the legacy processor keys -> module name under the attention block

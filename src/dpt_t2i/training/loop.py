@@ -1,0 +1,208 @@
+"""DPT stage 1 (`probe`: U-Net frozen) and stage 2 (`tune`: LoRA on the U-Net attention),
+and the HN-DiffusionITM baseline (`hn-itm`: LoRA only, denoising-error matching).
+
+One training step reads top to bottom: draw samples -> encode them with the frozen VAE and
+text encoder (`prepare_inputs`) -> noise the latents -> `DPTObjective` (features of one
+U-Net block -> adapter -> matching and grounding losses, plus the optional denoising MSE)
+-> backward -> optimizer step. The `hn-itm` stage swaps the objective for `HNITMObjective`
+(no adapter: the U-Net's denoising error under the caption and under a hard negative).
+The step runs under accelerate, so `accelerate launch` spreads it over several GPUs or
+nodes unchanged; each process draws its own samples.
+
+Every random draw of step k (samples, timesteps, noise, dropout) is seeded by (seed, k,
+micro-step, process), so a run resumed from a checkpoint takes exactly the steps an
+uninterrupted one would have taken.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.sources import SampleSource, draw_samples
+from ..io.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..io.dpt_folder import save_dpt
+from ..model.config import DPTConfig
+from ..model.heads import DPTHeads
+from ..model.lora import LoraWeights, add_lora
+from .hn_itm import HNITMObjective
+from .inputs import FrozenParts, frozen_parts, prepare_inputs
+from .objective import DPTObjective
+from .schedule import cosine_lr
+from .settings import TrainSettings
+
+
+def train_dpt(run_dir: Path, bundle, source: SampleSource, config: DPTConfig,
+              settings: TrainSettings, init_heads: DPTHeads | None = None,
+              resume: bool = True, show_progress: bool = True) -> dict:
+    """Run stage 1 or 2 into `run_dir`; writes checkpoints, `log.jsonl` and `final/`.
+
+    Args:
+        run_dir: checkpoints (`step-*`, `latest`), `log.jsonl`, `summary.json`, `final/`.
+        bundle: the base model (`bundle.load_bundle`); its U-Net gains LoRA in stage 2.
+        source: training samples.
+        config: the DPT config (block, condition, adapter; `lora` set for stage 2).
+        settings: the optimisation settings.
+        init_heads: start the heads from these (stage 2 from stage 1's result).
+        resume: continue from the run folder's latest checkpoint if it has one.
+
+    Returns:
+        A summary: steps, wall seconds, seconds per step, mean losses of the last 50 steps.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = _setup(run_dir, bundle, config, settings, init_heads)
+    start, wall = 0, 0.0
+    found = latest_checkpoint(run_dir) if resume else None
+    if found is not None:
+        state = load_checkpoint(found, run.modules, {"optimizer": run.optimizer})
+        start, wall = state["step"], state.get("wall_s", 0.0)
+    accelerator = run.accelerator
+    if settings.log_with:
+        accelerator.init_trackers("dpt", config={k: v for k, v in asdict(settings).items()
+                                                 if isinstance(v, (int, float, str))})
+    main = accelerator.is_main_process
+    t0 = time.time()
+    recent = _train_loop(run, source, config, settings, start, wall, t0,
+                         show_progress=main and show_progress)
+    steps_run, elapsed = settings.steps - start, time.time() - t0
+    summary = {"stage": settings.stage, "steps": settings.steps, "steps_this_run": steps_run,
+               "wall_s": round(wall + elapsed, 1),
+               "s_per_step": round(elapsed / steps_run, 4) if steps_run else None,
+               "skipped_images": source.skipped,
+               "final_losses": {k: round(sum(r[k] for r in recent) / len(recent), 5)
+                                for k in recent[0]} if recent else {},
+               "settings": asdict(settings)}
+    accelerator.wait_for_everyone()
+    if main:
+        save_dpt(run_dir / "final", run.heads, config, run.unet, extra=summary)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    accelerator.end_training()
+    return summary
+
+
+@dataclass
+class _Run:
+    """What a training run holds: accelerate's wrapped objective and optimizer, and the raw
+    modules and optimizer that checkpoints save."""
+
+    run_dir: Path
+    accelerator: object
+    objective: nn.Module
+    wrapped_optimizer: object
+    optimizer: torch.optim.Optimizer
+    modules: dict[str, nn.Module]
+    heads: DPTHeads | None  # None in the hn-itm stage
+    unet: nn.Module
+    parts: FrozenParts
+
+
+def _setup(run_dir: Path, bundle, config: DPTConfig, settings: TrainSettings,
+           init_heads: DPTHeads | None) -> _Run:
+    """Accelerator, heads (+ LoRA in stage 2), optimizer groups, and the frozen parts."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    accelerator = Accelerator(
+        mixed_precision=settings.mixed_precision, gradient_accumulation_steps=settings.grad_accum,
+        log_with=settings.log_with, project_dir=str(run_dir / "logs"),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    torch.manual_seed(settings.seed)
+    unet = bundle.unet.to(accelerator.device).requires_grad_(False)
+    if settings.stage == "hn-itm":
+        return _setup_hn_itm(run_dir, accelerator, bundle, unet, config, settings)
+    heads = DPTHeads(config.adapter)
+    if init_heads is not None:
+        heads.load_state_dict(init_heads.state_dict())
+    groups = [{"params": list(heads.parameters()), "base_lr": settings.lr}]
+    modules: dict[str, nn.Module] = {"heads": heads}
+    if settings.stage == "tune":
+        if config.lora is None:
+            raise ValueError("stage 'tune' needs config.lora (LoRA settings)")
+        groups.append({"params": add_lora(unet, config.lora), "base_lr": settings.lora_lr})
+        modules["lora"] = LoraWeights(unet)
+    optimizer = torch.optim.AdamW([{**g, "lr": g["base_lr"]} for g in groups], weight_decay=0.01)
+    objective = DPTObjective(unet, heads, config, settings)
+    objective, wrapped = accelerator.prepare(objective, optimizer)
+    return _Run(run_dir, accelerator, objective, wrapped, optimizer, modules, heads, unet,
+                frozen_parts(bundle, accelerator.device))
+
+
+def _setup_hn_itm(run_dir: Path, accelerator, bundle, unet: nn.Module, config: DPTConfig,
+                  settings: TrainSettings) -> _Run:
+    if config.lora is None or config.adapter is not None:
+        raise ValueError("stage 'hn-itm' needs config.lora and no adapter (config.adapter None)")
+    params = add_lora(unet, config.lora)
+    optimizer = torch.optim.AdamW([{"params": params, "lr": settings.lora_lr,
+                                    "base_lr": settings.lora_lr}], weight_decay=0.01)
+    objective, wrapped = accelerator.prepare(HNITMObjective(unet, settings), optimizer)
+    return _Run(run_dir, accelerator, objective, wrapped, optimizer, {"lora": LoraWeights(unet)},
+                None, unet, frozen_parts(bundle, accelerator.device))
+
+
+def _train_loop(run: _Run, source: SampleSource, config: DPTConfig, settings: TrainSettings,
+                start: int, wall: float, t0: float, show_progress: bool) -> list[dict[str, float]]:
+    """Steps start .. settings.steps-1 with logging and checkpoints; the last 50 steps' losses."""
+    accelerator, main = run.accelerator, run.accelerator.is_main_process
+    log = (run.run_dir / "log.jsonl").open("a") if main else None
+    bar = tqdm(range(start, settings.steps), desc=settings.stage, initial=start,
+               total=settings.steps, dynamic_ncols=True, mininterval=2.0, disable=not show_progress)
+    recent: list[dict[str, float]] = []
+    for step in bar:
+        for group in run.optimizer.param_groups:
+            group["lr"] = cosine_lr(step, settings.steps, group["base_lr"], settings.warmup)
+        losses = _optimizer_step(accelerator, run.objective, run.wrapped_optimizer, run.parts,
+                                 source, config, settings, step)
+        recent = (recent + [losses])[-50:]
+        if main and (step % 10 == 0 or step + 1 == settings.steps):
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()
+                             if k in ("loss", "match", "loss_giou", "mse", "mse_neg")})
+            log.write(json.dumps({"step": step, **losses}) + "\n")
+            log.flush()
+            if settings.log_with:
+                accelerator.log(losses, step=step)
+        done = step + 1
+        if done % settings.checkpoint_every == 0 or done == settings.steps:
+            accelerator.wait_for_everyone()
+            if main:
+                save_checkpoint(run.run_dir, done, run.modules, {"optimizer": run.optimizer},
+                                {"wall_s": wall + time.time() - t0},
+                                keep=settings.keep_checkpoints)
+    if log is not None:
+        log.close()
+    return recent
+
+
+def _optimizer_step(accelerator, objective, optimizer, parts: FrozenParts, source: SampleSource,
+                    config: DPTConfig, settings: TrainSettings, step: int) -> dict[str, float]:
+    """`grad_accum` micro-steps and one update; returns the last micro-step's losses."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    sums: dict[str, float] = {}
+    for micro in range(settings.grad_accum):
+        slot = (step * settings.grad_accum + micro) * world + rank
+        gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + slot)
+        torch.manual_seed(settings.seed * 7_919 + slot)  # dropout of this micro-step
+        samples = draw_samples(source, slot * settings.batch, settings.batch)
+        latents, inputs = prepare_inputs(parts, samples, config,
+                                         need_caption_states=settings.mse_weight > 0
+                                         or settings.stage == "hn-itm")
+        noise = torch.randn(latents.shape, generator=gen).to(latents.device)
+        t = torch.randint(settings.t_min, settings.t_max, (len(samples),), generator=gen)
+        t = t.to(latents.device)
+        noisy = parts.noise_scheduler.add_noise(latents, noise, t)
+        inputs["noise"] = noise
+        with accelerator.accumulate(objective):
+            losses = objective(noisy, t, inputs)
+            accelerator.backward(losses["loss"])
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(objective.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) / settings.grad_accum
+    return sums

@@ -1,0 +1,42 @@
+"""The settings of a DPT training run (`dpt probe`, `dpt tune`, `dpt tune-hn-itm`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STAGES = ("probe", "tune", "hn-itm")
+
+
+@dataclass
+class TrainSettings:
+    stage: str = "probe"
+    steps: int = 2000
+    batch: int = 64              # samples per process per micro-step
+    grad_accum: int = 1          # micro-steps per optimizer step
+    lr: float = 1e-3             # adapter and heads (3e-4 trained boxes far slower)
+    lora_lr: float = 1e-4        # LoRA (stage 2)
+    warmup: int = 100
+    t_min: int = 0               # training timesteps are drawn from [t_min, t_max)
+    t_max: int = 1000
+    match_weight: float = 1.0
+    ground_weight: float = 1.0
+    mse_weight: float = 0.0      # the denoising term the official code kept (stage 2)
+    n_negatives: int = 3         # hard negatives per caption
+    hn_weight: float = 1.0       # hn-itm: weight of the hard negative's (clipped) error
+    hn_clip: float = 1.0         # hn-itm: that error is clipped at hn_clip x the positive's
+    mixed_precision: str = "no"  # accelerate's: no, fp16, bf16
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2    # newest checkpoints kept; 0 keeps all (a learning curve)
+    seed: int = 0
+    log_with: str | None = None  # "tensorboard" to log losses under <run>/logs
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        for name in ("steps", "batch", "grad_accum", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
+        if not 0 <= self.t_min < self.t_max:
+            raise ValueError(f"need 0 <= t_min < t_max, got t_min={self.t_min}, t_max={self.t_max}")
