@@ -20,9 +20,9 @@ import argparse
 
 import torch
 
+from dpt_t2i.eval.discriminative import DiscriminativeScorer, shapes_itm_item
 from dpt_t2i.io.bundle import default_model_path, load_bundle
 from dpt_t2i.io.dpt_folder import load_dpt
-from dpt_t2i.eval.discriminative import DiscriminativeScorer, shapes_itm_item
 from dpt_t2i.model.losses import matching_scores
 
 
@@ -39,16 +39,19 @@ def main() -> None:
     heads, config = load_dpt(args.dpt, bundle.unet)
     scorer = DiscriminativeScorer(bundle, heads, config, args.timestep, seed=1)
     items = [shapes_itm_item(1, i, args.split) for i in range(args.n)]
-    latents = scorer.noisy_latents([it.images[0] for it in items])  # (N, C, h, w)
+    latents = scorer.encode([it.images[0] for it in items])  # (N, C, h, w)
+    score, t = scorer.score, args.timestep
     right = {"fair": 0, "leaked": 0, "misled": 0}
     with torch.no_grad():
         for k, item in enumerate(items):
-            pooled, hidden = scorer.match_texts(item.texts)  # (4, D), (4, L, D)
+            texts = score.texts(item.texts)  # text(y) (4, D), states (4, L, D)
             lat = latents[k:k + 1].expand(4, -1, -1, -1)
-            fair = torch.diagonal(matching_scores(
-                scorer._heads_out(lat, hidden)["match_embeds"], pooled))
-            leaked = matching_scores(scorer._heads_out(lat[:1], hidden[:1])["match_embeds"], pooled)[0]
-            misled = matching_scores(scorer._heads_out(lat[:1], hidden[1:2])["match_embeds"], pooled)[0]
+            fair = torch.diagonal(matching_scores(score.match_embeds(lat, t, texts.states),
+                                                  texts.embeds))
+            leaked = matching_scores(score.match_embeds(lat[:1], t, texts.states[:1]),
+                                     texts.embeds)[0]
+            misled = matching_scores(score.match_embeds(lat[:1], t, texts.states[1:2]),
+                                     texts.embeds)[0]
             for name, s in (("fair", fair), ("leaked", leaked), ("misled", misled)):
                 right[name] += int(s[0] > s[1:].max())
     print(f"condition={config.condition} block={config.block} t={args.timestep} "

@@ -31,14 +31,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dpt_t2i.data.shapes.dpt_samples import collate, make_dpt_sample
+from dpt_t2i.io.bundle import default_model_path, load_bundle
 from dpt_t2i.model.adapter import AdapterConfig
 from dpt_t2i.model.boxes import box_cxcywh_to_xyxy, box_iou
-from dpt_t2i.io.bundle import default_model_path, load_bundle
-from dpt_t2i.data.shapes.dpt_samples import collate, make_dpt_sample
 from dpt_t2i.model.config import DPTConfig
 from dpt_t2i.model.heads import DPTHeads, rec_choice, unet_features
+from dpt_t2i.model.latents import Noiser, encode_latents
 from dpt_t2i.model.losses import DEFAULT_GROUNDING_WEIGHTS, GroundingCriterion, GroundingMatcher
-from dpt_t2i.model.text import encode_texts, text_mask
+from dpt_t2i.model.text import encode_texts
 
 MAX_OBJECTS = 4  # a Shapes scene holds at most 4 objects
 
@@ -49,9 +50,7 @@ def build(bundle, seed: int, split: str, n: int, t_max: int, condition: str) -> 
 
     `condition` is what the U-Net sees: "expression" or "empty" (the empty prompt).
     """
-    from diffusers import DDPMScheduler
-
-    scheduler = DDPMScheduler.from_config(bundle.scheduler_config)
+    noiser = Noiser(bundle.scheduler_config)
     gen = torch.Generator().manual_seed(seed)
     parts = collections.defaultdict(list)
     index, count = 0, 0
@@ -60,19 +59,17 @@ def build(bundle, seed: int, split: str, n: int, t_max: int, condition: str) -> 
         samples = [s for s in samples if s.box is not None][:n - count]
         index, count = index + 256, count + len(samples)
         batch = collate(samples)
-        latents = bundle.vae.encode(batch["pixels"]).latent_dist.mean
-        latents = latents * bundle.vae.config.scaling_factor
+        latents = encode_latents(bundle.vae, batch["pixels"])
         t = torch.randint(0, t_max, (len(samples),), generator=gen)
-        noisy = scheduler.add_noise(latents, torch.randn(latents.shape, generator=gen), t)
-        pooled, hidden = encode_texts(bundle.text_encoder, bundle.tokenizer,
-                                      batch["refexps"] + [""])
-        pooled, hidden, empty = pooled[:-1], hidden[:-1], hidden[-1:].expand(len(samples), -1, -1)
-        states = hidden if condition == "expression" else empty
+        noisy = noiser(latents, t, gen)  # noise drawn after t, from the same generator
+        encoded = encode_texts(bundle.text_encoder, bundle.tokenizer, batch["refexps"] + [""])
+        refs, empty = encoded[:-1], encoded.hidden[-1:].expand(len(samples), -1, -1)
+        states = refs.hidden if condition == "expression" else empty
         parts["features"].append(unet_features(bundle.unet, DPTConfig(), noisy, t, states))
         parts["t"].append(t)
-        parts["tokens"].append(hidden)
-        parts["mask"].append(text_mask(bundle.tokenizer, batch["refexps"]))
-        parts["pooled"].append(pooled)
+        parts["tokens"].append(refs.hidden)
+        parts["mask"].append(refs.mask)
+        parts["pooled"].append(refs.pooled)
         parts["boxes"].append(batch["boxes"])
         width = batch["object_boxes"].shape[1]
         objects = torch.zeros(len(samples), MAX_OBJECTS, 4)
@@ -139,7 +136,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--prob-weight", type=float, default=DEFAULT_GROUNDING_WEIGHTS["loss_prob"])
+    parser.add_argument("--prob-weight", type=float,
+                        default=DEFAULT_GROUNDING_WEIGHTS["loss_prob"])
     parser.add_argument("--prob-loss", choices=("bce", "ce"), default="bce",
                         help="bce: eq. 7 as `GroundingCriterion`; ce: softmax over the queries")
     parser.add_argument("--position-init", choices=("sine", "random"), default="sine",

@@ -22,16 +22,16 @@ import argparse
 import time
 
 import torch
+from interleaved import interleaved_medians  # bench/interleaved.py
 
-from dpt_t2i.io.bundle import default_model_path, load_bundle
 from dpt_t2i.data.shapes.splits import benchmark_prompts
-from dpt_t2i.io.dpt_folder import default_dpt_path, load_for_sampling
-from dpt_t2i.model.heads import text_embeddings
-from dpt_t2i.generation.guidance import DEFAULT_T_RANGE, MatchScore, SelfCorrection
+from dpt_t2i.generation.guidance import DEFAULT_T_RANGE, SelfCorrection
 from dpt_t2i.generation.referee import SHAPES_SETTINGS, RefereeSettings, dpt_scorer, generate
 from dpt_t2i.generation.sampling import (decode, encode_prompts, initial_latents, make_scheduler,
                                          sample, unet_model_fn)
-from interleaved import interleaved_medians  # bench/interleaved.py
+from dpt_t2i.io.bundle import default_model_path, load_bundle
+from dpt_t2i.io.dpt_folder import default_dpt_path, load_for_sampling
+from dpt_t2i.model.score import MatchScore
 
 
 def main() -> None:
@@ -52,7 +52,8 @@ def main() -> None:
     prompts = (prompts * args.batch)[:args.batch]
     seeds = list(range(1000, 1000 + args.batch))
     cond, uncond = encode_prompts(bundle, prompts), encode_prompts(bundle, [""] * args.batch)
-    texts, _ = text_embeddings(heads, bundle.text_encoder, bundle.tokenizer, prompts)
+    score = MatchScore(bundle, heads, config)
+    texts = score.texts(prompts)
     scorer = dpt_scorer(bundle, heads, config)
 
     def sampled(model_fn=None) -> float:
@@ -65,7 +66,6 @@ def main() -> None:
         return time.perf_counter() - start
 
     def corrected() -> SelfCorrection:
-        score = MatchScore(bundle.unet, heads, config, encode_prompts(bundle, [""]))
         return SelfCorrection(unet_model_fn(bundle), score, texts, 10.0, DEFAULT_T_RANGE)
 
     def refereed(settings: RefereeSettings) -> float:

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpt_t2i.io.bundle import default_model_path
 from dpt_t2i.data.shapes.dataset import images_to_tensor, make_sample
 from dpt_t2i.data.shapes.negatives import sample_hard_negatives
 from dpt_t2i.data.shapes.parse import parse_image
 from dpt_t2i.data.shapes.world import random_scene, render
+from dpt_t2i.io.bundle import default_model_path
+from dpt_t2i.model.latents import decode_latents, encode_latents
 from dpt_t2i.model.text import tokenize
 
 
@@ -34,7 +35,8 @@ def vae_round_trip(vae_dir: Path, n: int) -> dict[str, float]:
     rng = np.random.default_rng(123)
     scenes = [random_scene(rng) for _ in range(n)]
     x = images_to_tensor([render(s) for s in scenes])
-    rec = torch.cat([vae.decode(vae.encode(c).latent_dist.mean).sample for c in x.split(50)])
+    # a VAE of its own: scaled and unscaled by its config's factor, the round trip's latents
+    rec = torch.cat([decode_latents(vae, encode_latents(vae, c)) for c in x.split(50)])
     images = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     kinds = exact = 0
     for scene, image in zip(scenes, images):
@@ -56,10 +58,12 @@ def clip_hard_negatives(clip_dir: Path, n: int) -> dict[str, dict[str, float]]:
     for split in ("id", "ood"):
         for i in range(n):
             s = make_sample(99, i, split=split)
-            negatives = sample_hard_negatives(s.prompt, 3, np.random.default_rng(i), objects=s.objects)
+            negatives = sample_hard_negatives(s.prompt, 3, np.random.default_rng(i),
+                                              objects=s.objects)
             texts = [s.prompt.text] + [neg.text for _, neg in negatives]
             ids = tokenize(tokenizer, texts).input_ids
-            logits = model(input_ids=ids, pixel_values=images_to_tensor([s.image])).logits_per_image
+            pixels = images_to_tensor([s.image])
+            logits = model(input_ids=ids, pixel_values=pixels).logits_per_image
             hits[split][s.prompt.family].append(int(logits[0].argmax() == 0))
     return {split: {f: round(float(np.mean(v)), 3) for f, v in fams.items()}
             for split, fams in hits.items()}

@@ -4,15 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpt_t2i.generation.guidance import MatchScore, SelfCorrection
+from dpt_t2i.generation.guidance import SelfCorrection
 from dpt_t2i.generation.sampling import encode_prompts, initial_latents, make_scheduler, sample
 from dpt_t2i.io.bundle import load_bundle
 from dpt_t2i.io.dpt_folder import load_for_sampling, save_dpt
 from dpt_t2i.model.adapter import AdapterConfig
 from dpt_t2i.model.config import DPTConfig
 from dpt_t2i.model.features import tap
-from dpt_t2i.model.heads import DPTHeads, text_embeddings
+from dpt_t2i.model.heads import DPTHeads
 from dpt_t2i.model.lora import LoraSettings, add_lora
+from dpt_t2i.model.score import MatchScore
 
 SMALL = AdapterConfig(feature_dim=64, text_dim=32, d_model=32, n_heads=2, ffn_dim=64,
                       n_ground_queries=4, n_match_queries=3, max_hw=8)
@@ -34,13 +35,12 @@ def heads():
 
 
 def _score(bundle, heads):
-    return MatchScore(bundle.unet, heads, DPTConfig(block="up0", adapter=SMALL),
-                      encode_prompts(bundle, [""]))
+    return MatchScore(bundle, heads, DPTConfig(block="up0", adapter=SMALL))
 
 
 def test_match_score_is_the_best_query_cosine_and_differentiable(bundle, heads):
     score = _score(bundle, heads)
-    texts, _ = text_embeddings(heads, bundle.text_encoder, bundle.tokenizer, PROMPTS)
+    texts = score.texts(PROMPTS)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
     t = torch.tensor(500)
     s = score(x, t, texts)
@@ -48,7 +48,8 @@ def test_match_score_is_the_best_query_cosine_and_differentiable(bundle, heads):
     with torch.no_grad():
         empty = encode_prompts(bundle, ["", ""])
         h = heads(tap(bundle.unet, "up0", x, t, empty), torch.tensor([500, 500]))["match_embeds"]
-    by_hand = torch.stack([max(F.cosine_similarity(h[b, i], texts[b], dim=0) for i in range(3))
+    by_hand = torch.stack([max(F.cosine_similarity(h[b, i], texts.embeds[b], dim=0)
+                               for i in range(3))
                            for b in range(2)])
     torch.testing.assert_close(s.detach(), by_hand, rtol=1e-5, atol=1e-6)
     (grad,) = torch.autograd.grad(s.sum(), x)
@@ -62,14 +63,15 @@ def test_caption_conditioned_score_reads_each_prompt(bundle, heads):
     """A "caption" model's score runs the U-Net under the B prompts' own states."""
     config = DPTConfig(block="up0", condition="caption", adapter=SMALL)
     states = encode_prompts(bundle, PROMPTS)  # (2, L, D)
-    texts, _ = text_embeddings(heads, bundle.text_encoder, bundle.tokenizer, PROMPTS)
+    score = MatchScore(bundle, heads, config)
+    texts = score.texts(PROMPTS)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        s = MatchScore(bundle.unet, heads, config, states)(x, torch.tensor(300), texts)
+        s = score(x, torch.tensor(300), texts)
         h = heads(tap(bundle.unet, "up0", x, torch.tensor(300), states),
                   torch.tensor([300, 300]))["match_embeds"]
         empty = _score(bundle, heads)(x, torch.tensor(300), texts)
-    by_hand = F.cosine_similarity(h, texts[:, None, :], dim=-1).amax(1)
+    by_hand = F.cosine_similarity(h, texts.embeds[:, None, :], dim=-1).amax(1)
     torch.testing.assert_close(s, by_hand, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(s, empty)
 
@@ -150,7 +152,7 @@ def test_carry_moves_the_trajectory_and_predict_only_does_not(bundle, name):
 def test_self_correction_raises_the_dpt_score_on_every_scheduler(bundle, heads, name):
     """On the tiny U-Net with random heads: both modes end at a higher s(z_0, y) than no SC."""
     score = _score(bundle, heads)
-    texts, _ = text_embeddings(heads, bundle.text_encoder, bundle.tokenizer, PROMPTS)
+    texts = score.texts(PROMPTS)
     from dpt_t2i.generation.sampling import unet_model_fn
 
     def final_score(latents):

@@ -95,16 +95,15 @@ def test_the_grounding_pass_reads_the_expression_through_the_adapter_alone():
     torch.nn.init.normal_(heads.adapter.text_proj.weight)
     scorer = DiscriminativeScorer(bundle, heads, config)
     item = shapes_rec_items(1, "id", 1)[0]
-    latents = scorer.noisy_latents([item.image, item.image])
+    latents = scorer.encode([item.image, item.image])
+    empty = scorer.score.empty_states().expand(2, -1, -1)
+    refs = _tokens(bundle, ["the red circle", "the square on the left"])
     with torch.no_grad():
-        a, b = scorer._heads_out(latents, scorer._texts(["", ""])[1],
-                                 *_tokens(bundle, ["the red circle", "the square on the left"]))[
-            "ground_logits"]
+        a, b = scorer.ground_outputs(latents, empty, refs)["ground_logits"]
     assert not torch.allclose(a, b, atol=1e-4)
 
 
 def _tokens(bundle, texts):
-    from dpt_t2i.model.text import encode_texts, text_mask
+    from dpt_t2i.model.text import encode_texts
 
-    return encode_texts(bundle.text_encoder, bundle.tokenizer, texts)[1], text_mask(
-        bundle.tokenizer, texts)
+    return encode_texts(bundle.text_encoder, bundle.tokenizer, texts)

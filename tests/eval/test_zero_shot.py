@@ -58,8 +58,8 @@ def test_diffusion_itm_score_is_the_unconditional_minus_the_conditional_error(ti
     latents = scorer.encode(images)
     scores = scorer.pair_scores(latents, item.texts[:2], [(0, 0), (1, 1), (0, 1)])
     # by hand for the pair (image 1, text 1)
-    _, hidden = encode_texts(tiny_bundle.text_encoder, tiny_bundle.tokenizer,
-                             [item.texts[1], ""])
+    hidden = encode_texts(tiny_bundle.text_encoder, tiny_bundle.tokenizer,
+                          [item.texts[1], ""]).hidden
     noise = torch.randn((2, *latents.shape[1:]), generator=torch.Generator().manual_seed(3))
     sched = DDPMScheduler.from_config(tiny_bundle.scheduler_config)
     errors = []

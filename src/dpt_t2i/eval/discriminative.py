@@ -27,11 +27,10 @@ from ..data.shapes.grammar import parse_prompt, satisfied, scene_for
 from ..data.shapes.world import render
 from ..model.boxes import box_cxcywh_to_xyxy, box_iou
 from ..model.config import DPTConfig
-from ..model.heads import DPTHeads, itm_matrix, rec_choice, text_embeddings, unet_features
-from ..model.losses import matching_scores
-from ..model.text import encode_texts, text_mask
-
-CHUNK = 128  # latents per U-Net call
+from ..model.heads import DPTHeads, rec_choice
+from ..model.latents import Noiser, encode_latents
+from ..model.score import CHUNK, MatchScore
+from ..model.text import EncodedTexts, encode_texts
 
 
 @dataclass
@@ -76,21 +75,12 @@ def shapes_rec_items(seed: int, split: str, n: int) -> list[RECItem]:
     return items
 
 
-@torch.no_grad()
-def clean_latents(vae, images: list[np.ndarray]) -> Tensor:
-    """(N, C, h, w) scaled VAE posterior means of uint8 images, CHUNK at a time."""
-    out = []
-    for i in range(0, len(images), CHUNK):
-        pixels = images_to_tensor(images[i:i + CHUNK]).to(vae.device, vae.dtype)
-        out.append(vae.encode(pixels).latent_dist.mean.float())
-    return torch.cat(out) * float(vae.config.scaling_factor)
-
-
 class DiscriminativeScorer:
     """Noises images once and scores them with a DPT model (heads + possibly LoRA'd U-Net).
 
     A scorer gives `encode(images)` and `pair_scores(encoded, texts, pairs)` (ITM), and here
     also `rec_boxes` (REC); `zero_shot` has adapter-free scorers with the same ITM methods.
+    Matching is `model.score.MatchScore`'s; `score` is that object.
     """
 
     unet_evals_per_pair = 1  # at most: empty-condition features are computed once per image
@@ -99,71 +89,42 @@ class DiscriminativeScorer:
                  seed: int = 0):
         self.bundle, self.heads, self.config = bundle, heads.eval(), config
         self.timestep, self.seed = timestep, seed
+        self.score = MatchScore(bundle, self.heads, config)
+        self.noiser = Noiser(bundle.scheduler_config)
 
+    @torch.no_grad()
     def encode(self, images: list[np.ndarray]) -> Tensor:
-        return self.noisy_latents(images)
+        """(N, C, h, w) latents of uint8 images noised to the scorer's timestep, with noise
+        from a generator seeded afresh at each call (the same images: the same z_t)."""
+        latents = encode_latents(self.bundle.vae, images_to_tensor(images), chunk=CHUNK)
+        return self.noiser(latents, self.timestep, torch.Generator().manual_seed(self.seed))
 
-    @torch.no_grad()
-    def noisy_latents(self, images: list[np.ndarray]) -> Tensor:
-        """(N, C, h, w) latents of the images noised to the scorer's timestep."""
-        from diffusers import DDPMScheduler
-
-        latents = clean_latents(self.bundle.vae, images)
-        gen = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn(latents.shape, generator=gen).to(latents.device)
-        t = torch.full((len(latents),), self.timestep, device=latents.device)
-        return DDPMScheduler.from_config(self.bundle.scheduler_config).add_noise(latents, noise, t)
-
-    def _texts(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        return encode_texts(self.bundle.text_encoder, self.bundle.tokenizer, texts)
-
-    def match_texts(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        """text(y) of the matching score (N, D), and the U-Net states of the texts (N, L, D)."""
-        return text_embeddings(self.heads, self.bundle.text_encoder, self.bundle.tokenizer, texts)
-
-    def _heads_out(self, latents: Tensor, states: Tensor, ref_tokens: Tensor | None = None,
-                   ref_mask: Tensor | None = None) -> dict[str, Tensor]:
-        """Adapter outputs; with `ref_tokens` given, the grounding pass that reads them."""
-        unet = self.bundle.unet
-        t = torch.full((len(latents),), self.timestep, device=latents.device)
-        feats = unet_features(unet, self.config, latents.to(unet.dtype), t,
-                              states.to(unet.dtype)).float()
-        if ref_tokens is None:
-            return self.heads(feats, t)
-        return self.heads.ground(feats, t, ref_tokens, ref_mask)
-
-    @torch.no_grad()
-    def pair_scores(self, latents: Tensor, texts: list[str], pairs: list[tuple[int, int]]) -> Tensor:
+    def pair_scores(self, latents: Tensor, texts: list[str], pairs: list[tuple[int, int]]
+                    ) -> Tensor:
         """(P,) matching scores of (latent index, text index) pairs."""
-        pooled, hidden = self.match_texts(texts + [""])
-        li = torch.tensor([p[0] for p in pairs])
-        ti = torch.tensor([p[1] for p in pairs])
-        if self.config.condition == "empty":  # features once per latent
-            embeds = torch.cat([self._heads_out(latents[i:i + CHUNK], hidden[-1:].expand(
-                len(latents[i:i + CHUNK]), -1, -1))["match_embeds"]
-                for i in range(0, len(latents), CHUNK)])  # (N, M, D)
-            return torch.cat([matching_scores(embeds[li[j:j + 1]], pooled[ti[j:j + 1]])[0]
-                              for j in range(len(pairs))])
-        scores = []
-        for j in range(0, len(pairs), CHUNK):  # features conditioned on the text scored
-            a, b = li[j:j + CHUNK], ti[j:j + CHUNK]
-            embeds = self._heads_out(latents[a], hidden[b])["match_embeds"]  # (P', M, D)
-            scores.append(torch.diagonal(matching_scores(embeds, pooled[b])))
-        return torch.cat(scores)
+        return self.score.pair_scores(latents, self.timestep, texts, pairs)
+
+    def ground_outputs(self, latents: Tensor, states: Tensor, refs: EncodedTexts
+                       ) -> dict[str, Tensor]:
+        """Adapter outputs of the grounding pass: the U-Net under states (B, L, D), the adapter
+        reading the B expressions' tokens where it reads text."""
+        t = torch.full((len(latents),), self.timestep, device=latents.device)
+        features = self.score.features(latents, t, states)
+        return self.heads.ground(features, t, refs.hidden, refs.mask)
 
     @torch.no_grad()
     def rec_boxes(self, latents: Tensor, refexps: list[str]) -> Tensor:
         """(N, 4) cxcywh box the model picks for each latent's referring expression."""
-        pooled, hidden = self._texts(list(refexps) + [""])
-        mask = text_mask(self.bundle.tokenizer, list(refexps)).to(hidden.device)
+        encoded = encode_texts(self.bundle.text_encoder, self.bundle.tokenizer,
+                               [*refexps, ""])
+        refs, empty = encoded[:-1], encoded.hidden[-1:]  # (N, ...), (1, L, D)
         boxes = []
         for i in range(0, len(latents), CHUNK):
-            lat = latents[i:i + CHUNK]
-            words = hidden[i:i + len(lat)]
-            states = (words if self.config.ground_condition == "expression"
-                      else hidden[-1:].expand(len(lat), -1, -1))
-            out = self._heads_out(lat, states, words, mask[i:i + len(lat)])
-            choice = rec_choice(out, pooled[i:i + len(lat)])
+            lat, words = latents[i:i + CHUNK], refs[i:i + CHUNK]
+            states = (words.hidden if self.config.ground_condition == "expression"
+                      else empty.expand(len(lat), -1, -1))
+            out = self.ground_outputs(lat, states, words)
+            choice = rec_choice(out, words.pooled)
             boxes.append(out["ground_boxes"][torch.arange(len(lat)), choice])
         return torch.cat(boxes)
 
@@ -222,10 +183,11 @@ def evaluate_shapes(scorer: DiscriminativeScorer, n_itm: int = 200, n_rec: int =
 
 
 __all__ = ["ITMItem", "RECItem", "DiscriminativeScorer", "evaluate_itm", "evaluate_rec",
-           "evaluate_shapes", "shapes_itm_item", "shapes_rec_items", "itm_matrix"]
+           "evaluate_shapes", "shapes_itm_item", "shapes_rec_items"]
 
 
-def coco_itm_items(captioned: list, resolution: int, n: int, seed: int = 1) -> tuple[list[ITMItem], int]:
+def coco_itm_items(captioned: list, resolution: int, n: int, seed: int = 1
+                   ) -> tuple[list[ITMItem], int]:
     """ITM items from COCO captions: caption + 3 rule-based negatives; 3 other images.
 
     Returns:
@@ -242,7 +204,8 @@ def coco_itm_items(captioned: list, resolution: int, n: int, seed: int = 1) -> t
             break
         entry = captioned[pos]
         negatives = caption_negatives(entry.captions[0], 3, rng)
-        others = [captioned[j] for j in rng.choice(len(captioned), 4, replace=False) if j != pos][:3]
+        drawn = rng.choice(len(captioned), 4, replace=False)
+        others = [captioned[j] for j in drawn if j != pos][:3]
         images = [load_rgb(e.path, resolution) for e in [entry, *others]]
         if len(negatives) < 3 or len(others) < 3 or any(im is None for im in images):
             skipped += sum(im is None for im in images)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..data.samples import images_to_tensor
+from ..model.latents import Noiser, encode_latents
 from ..model.text import encode_texts, tokenize
 
 CHUNK = 128  # latents per U-Net call
@@ -67,28 +68,26 @@ class DiffusionITMScorer:
             raise ValueError(f"timesteps must be a non-empty list in [0, 1000), got {timesteps}")
         self.bundle, self.timesteps, self.seed = bundle, tuple(timesteps), seed
         self.unet_evals_per_pair = len(self.timesteps)
+        self.noiser = Noiser(bundle.scheduler_config)
 
+    @torch.no_grad()
     def encode(self, images: list[np.ndarray]) -> Tensor:
         """(N, C, h, w) clean latents (the VAE posterior mean, scaled)."""
-        from .discriminative import clean_latents
-
-        return clean_latents(self.bundle.vae, images)
+        return encode_latents(self.bundle.vae, images_to_tensor(images), chunk=CHUNK)
 
     @torch.no_grad()
     def errors(self, latents: Tensor, states: Tensor) -> Tensor:
         """(N,) denoising MSE of latent i under text states i (N, L, D), averaged over the
         timesteps; the noise of timestep k is the same for every text, seeded per image shape."""
-        from diffusers import DDPMScheduler
-
-        scheduler = DDPMScheduler.from_config(self.bundle.scheduler_config)
         unet = self.bundle.unet
         gen = torch.Generator().manual_seed(self.seed)
+        # one draw per timestep, shared by every image (not `Noiser`'s draw per latent)
         noises = torch.randn((len(self.timesteps), *latents.shape[1:]), generator=gen)
         total = torch.zeros(len(latents))
         for k, step in enumerate(self.timesteps):
             noise = noises[k].expand_as(latents).to(latents.device)
             t = torch.full((len(latents),), step, device=latents.device)
-            noisy = scheduler.add_noise(latents, noise, t)
+            noisy = self.noiser.add(latents, t, noise)
             for i in range(0, len(latents), CHUNK):
                 sl = slice(i, i + CHUNK)
                 eps = unet(noisy[sl].to(unet.dtype), t[sl], states[sl].to(unet.dtype)).sample
@@ -98,7 +97,8 @@ class DiffusionITMScorer:
     @torch.no_grad()
     def pair_scores(self, encoded: Tensor, texts: list[str], pairs: list[tuple[int, int]]
                     ) -> Tensor:
-        _, hidden = encode_texts(self.bundle.text_encoder, self.bundle.tokenizer, texts + [""])
+        hidden = encode_texts(self.bundle.text_encoder, self.bundle.tokenizer,
+                              texts + [""]).hidden
         li, ti = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
         images = sorted(set(li.tolist()))
         unconditional = self.errors(encoded[images], hidden[-1:].expand(len(images), -1, -1))

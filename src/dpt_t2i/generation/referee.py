@@ -39,6 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..model.latents import Noiser, decode_latents, encode_latents
+from ..model.score import MatchScore, MatchTexts
+from .sampling import encode_prompts, image_generators, initial_latents, make_scheduler, sample
+
 Scorer = Callable[[Tensor, list[str]], Tensor]  # (B, 3, H, W) in [-1, 1], B prompts -> (B,)
 
 
@@ -134,7 +138,8 @@ def augment(images: Tensor, views: int, generator: torch.Generator) -> Tensor:
     # grey (0 in [-1, 1]) outside the image: sample x - 0 with zero padding, then add it back
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     mean = x.mean((1, 2, 3), keepdim=True)
-    x = (x - mean) * uniform(0.8, 1.2, n, 1, 1, 1).to(x) + mean + uniform(-0.2, 0.2, n, 1, 1, 1).to(x)
+    contrast, brightness = uniform(0.8, 1.2, n, 1, 1, 1), uniform(-0.2, 0.2, n, 1, 1, 1)
+    x = (x - mean) * contrast.to(x) + mean + brightness.to(x)
     grey = x.mean(1, keepdim=True)
     x = grey + (x - grey) * uniform(0.7, 1.3, n, 1, 1, 1).to(x)
     keep = torch.ones(n, 1, h, w)
@@ -161,18 +166,18 @@ def referee_loss(scorer: Scorer, images: Tensor, prompts: list[str], settings: R
     return -hardest.mean(0)
 
 
-def sds_gradient(unet, scheduler, latents: Tensor, cond: Tensor, uncond: Tensor, t: Tensor,
+def sds_gradient(unet, noiser: Noiser, latents: Tensor, cond: Tensor, uncond: Tensor, t: Tensor,
                  guidance: float, generator: torch.Generator) -> Tensor:
     """The score-distillation gradient w(t) (eps_hat(z_t) - eps) for latents (B, C, h, w),
     with w(t) = 1 - alpha_bar(t) and classifier-free guidance; no graph."""
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    noise = noiser.noise_like(latents, generator)
     with torch.no_grad():
-        noisy = scheduler.add_noise(latents.detach(), noise, t)
+        noisy = noiser.add(latents.detach(), t, noise)
         eps = unet(torch.cat([noisy, noisy]).to(unet.dtype), torch.cat([t, t]),
                    torch.cat([uncond, cond]).to(unet.dtype)).sample.float()
     eps_u, eps_c = eps.chunk(2)
     eps_hat = eps_u + guidance * (eps_c - eps_u)
-    weight = (1 - scheduler.alphas_cumprod.to(latents.device)[t]).view(-1, 1, 1, 1)
+    weight = (1 - noiser.alphas_cumprod.to(latents.device)[t]).view(-1, 1, 1, 1)
     return weight * (eps_hat - noise)
 
 
@@ -245,35 +250,22 @@ def clip_scorer(model, tokenizer) -> Scorer:
 
 def dpt_scorer(bundle, heads, config, timestep: int = 100, seed: int = 0) -> Scorer:
     """DPT's matching score s(z_t, y) of images: encoded by the VAE (differentiably), noised to
-    `timestep` with fresh seeded noise at each call, read by the adapter."""
-    from diffusers import DDPMScheduler
-
-    from ..model.heads import text_embeddings
-    from .guidance import MatchScore
-    from .sampling import encode_prompts
-
-    scheduler = DDPMScheduler.from_config(bundle.scheduler_config)
-    empty = config.condition == "empty"
+    `timestep` with noise drawn from one generator seeded here (each call continues its
+    stream), read by `MatchScore`."""
+    match = MatchScore(bundle, heads, config)
+    noiser = Noiser(bundle.scheduler_config)
     generator = torch.Generator().manual_seed(seed)
-    vae, scale = bundle.vae, float(bundle.vae.config.scaling_factor)
-    empty_states = encode_prompts(bundle, [""]) if empty else None
-
-    cache: dict[str, tuple[Tensor, Tensor]] = {}  # prompt -> (text(y), its U-Net states)
+    cache: dict[str, MatchTexts] = {}  # prompt -> its row of text(y) and U-Net states
 
     def score(images: Tensor, prompts: list[str]) -> Tensor:
         missing = sorted(set(prompts) - set(cache))
         if missing:
             with torch.no_grad():
-                embeds, _ = text_embeddings(heads, bundle.text_encoder, bundle.tokenizer, missing)
-                states = encode_prompts(bundle, missing)
-            cache.update({p: (e, s) for p, e, s in zip(missing, embeds, states)})
-        texts = torch.stack([cache[p][0] for p in prompts])
-        states = empty_states if empty else torch.stack([cache[p][1] for p in prompts])
-        latents = vae.encode(images.to(vae.dtype)).latent_dist.mean.float() * scale
-        noise = torch.randn(latents.shape, generator=generator).to(latents)
-        t = torch.full((len(latents),), timestep, device=latents.device)
-        noisy = scheduler.add_noise(latents, noise, t)
-        return MatchScore(bundle.unet, heads, config, states)(noisy, t, texts)
+                texts = match.texts(missing)
+            cache.update({p: texts[i:i + 1] for i, p in enumerate(missing)})
+        texts = MatchTexts.cat([cache[p] for p in prompts])
+        noisy = noiser(encode_latents(bundle.vae, images), timestep, generator)
+        return match(noisy, timestep, texts)
 
     return score
 
@@ -285,19 +277,14 @@ def generate(bundle, scorer: Scorer, prompts: list[str], seeds: list[int],
     noise, `init_steps` steps at `init_guidance`) and optimises with its SDS and augmentation
     noise seeded by seeds[0]. `progress` gets the number of iterations done (the sampling of
     the start counts as none)."""
-    from diffusers import DDPMScheduler
-
-    from .sampling import encode_prompts, image_generators, initial_latents, make_scheduler, sample
-
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds")
     for module in (bundle.unet, bundle.vae, bundle.text_encoder):
         module.requires_grad_(False)
-    scheduler = DDPMScheduler.from_config(bundle.scheduler_config)
-    scale = float(bundle.vae.config.scaling_factor)
+    noiser = Noiser(bundle.scheduler_config)
 
     def decode(z: Tensor) -> Tensor:
-        return bundle.vae.decode(z.to(bundle.vae.dtype) / scale).sample.float().clamp(-1, 1)
+        return decode_latents(bundle.vae, z).float().clamp(-1, 1)
 
     gen = torch.Generator().manual_seed(int(seeds[0]))
     with torch.no_grad():
@@ -314,6 +301,6 @@ def generate(bundle, scorer: Scorer, prompts: list[str], seeds: list[int],
 
     def sds(z: Tensor, i: int) -> Tensor:
         t = torch.randint(settings.t_min, settings.t_max, (len(z),), generator=gen)
-        return sds_gradient(bundle.unet, scheduler, z, cond, uncond, t, settings.guidance, gen)
+        return sds_gradient(bundle.unet, noiser, z, cond, uncond, t, settings.guidance, gen)
 
     return optimise(decode, scorer, prompts, z0, settings, gen, sds=sds, progress=progress)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..model.text import tokenize
+from ..model.latents import decode_latents
+from ..model.text import encode_texts
 
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin
@@ -47,7 +48,6 @@ def make_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
     return getattr(diffusers, SCHEDULERS[name]).from_config(config)
 
 
-@torch.no_grad()
 def encode_prompts(bundle: ModelBundle, prompts: Sequence[str]) -> torch.Tensor:
     """Text-encoder states of the prompts, as `StableDiffusionPipeline.encode_prompt` gets them.
 
@@ -56,15 +56,11 @@ def encode_prompts(bundle: ModelBundle, prompts: Sequence[str]) -> torch.Tensor:
         prompts: B texts ("" for the unconditional embedding).
 
     Returns:
-        (B, L, D) last hidden states; L is the tokenizer's model_max_length.
+        (B, L, D) last hidden states in the text encoder's dtype; L is the tokenizer's
+        model_max_length.
     """
-    tokenizer, encoder = bundle.tokenizer, bundle.text_encoder
-    tokens = tokenize(tokenizer, prompts)
-    mask = None
-    if getattr(encoder.config, "use_attention_mask", False):
-        mask = tokens.attention_mask.to(encoder.device)
-    states = encoder(tokens.input_ids.to(encoder.device), attention_mask=mask)[0]  # (B, L, D)
-    return states.to(dtype=encoder.dtype)
+    return encode_texts(bundle.text_encoder, bundle.tokenizer, prompts, dtype=None,
+                        unique=False).hidden
 
 
 def image_generators(seeds: Sequence[int]) -> list[torch.Generator]:
@@ -184,8 +180,7 @@ def decode(bundle: ModelBundle, latents: torch.Tensor) -> np.ndarray:
     Returns:
         (B, H, W, 3) uint8 array.
     """
-    vae = bundle.vae
-    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    images = decode_latents(bundle.vae, latents)  # (B, 3, H, W) in the VAE's dtype
     images = (images * 0.5 + 0.5).clamp(0, 1)  # [-1, 1] -> [0, 1]
     images = images.cpu().permute(0, 2, 3, 1).float().numpy()  # (B, H, W, 3)
     return (images * 255).round().astype(np.uint8)

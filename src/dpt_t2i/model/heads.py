@@ -1,5 +1,5 @@
-"""The DPT heads (adapter and matching temperature) and what reads their outputs: the
-features they see, the texts they compare with, the referring-expression choice."""
+"""The DPT heads (adapter and matching temperature), the features they see and the
+referring-expression choice; the matching score that reads them is `score.MatchScore`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from torch import nn
 from .adapter import AdapterConfig, build_adapter
 from .config import DPTConfig
 from .features import tap
-from .losses import MatchingLoss, matching_scores
-from .text import encode_texts, text_mask
+from .losses import MatchingLoss
 
 
 class DPTHeads(nn.Module):
@@ -39,17 +38,11 @@ class DPTHeads(nn.Module):
 
 
 def unet_features(unet: nn.Module, config: DPTConfig, latents: torch.Tensor,
-                  timesteps: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """F_t of the configured block (early exit) for noisy latents under text states (B, L, D)."""
-    return tap(unet, config.block, latents, timesteps, states)
-
-
-def text_embeddings(heads: DPTHeads, text_encoder: nn.Module, tokenizer,
-                    texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """text(y) of the matching score (N, D), and the states the U-Net attends to (N, L, D)."""
-    pooled, hidden = encode_texts(text_encoder, tokenizer, texts)
-    mask = text_mask(tokenizer, texts).to(hidden.device)
-    return heads.adapter.text(pooled, hidden, mask), hidden
+                  timesteps: torch.Tensor, states: torch.Tensor,
+                  early_exit: bool = True) -> torch.Tensor:
+    """F_t (B, d, h', w') of the configured block for noisy latents (B, C, h, w) at timesteps
+    under text states (B, L, D); `early_exit` False runs the U-Net to its end."""
+    return tap(unet, config.block, latents, timesteps, states, early_exit=early_exit)
 
 
 def rec_choice(outputs: dict[str, torch.Tensor], ref_embeds: torch.Tensor,
@@ -72,9 +65,3 @@ def rec_choice(outputs: dict[str, torch.Tensor], ref_embeds: torch.Tensor,
     semantic = torch.einsum("bqd,bd->bq", o, y) / temperature  # (B, Q)
     score = F.logsigmoid(outputs["ground_logits"]) + semantic.log_softmax(dim=1)
     return score.argmax(dim=1)
-
-
-def itm_matrix(heads: DPTHeads, features: torch.Tensor, timesteps: torch.Tensor,
-               text_embeds: torch.Tensor) -> torch.Tensor:
-    """(B, T) matching scores s(z_b, y_t) of B feature maps against T text embeddings."""
-    return matching_scores(heads(features, timesteps)["match_embeds"], text_embeds)

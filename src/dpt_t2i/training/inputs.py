@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from ..data.samples import DPTSample, collate
 from ..model.config import DPTConfig
-from ..model.text import encode_texts, text_mask
+from ..model.latents import Noiser, encode_latents
+from ..model.text import encode_texts
 
 
 @torch.no_grad()
@@ -29,29 +30,28 @@ def prepare_inputs(parts: "FrozenParts", samples: list[DPTSample], config: DPTCo
     """
     batch = collate(samples)
     device = parts.device
-    pixels = batch["pixels"].to(device, parts.vae.dtype)
-    latents = parts.vae.encode(pixels).latent_dist.mean.float() * parts.scaling_factor
+    latents = encode_latents(parts.vae, batch["pixels"])
     n, k = len(samples), len(batch["negatives"][0])
     texts = batch["captions"] + [t for negs in batch["negatives"] for t in negs] + batch["refexps"]
-    pooled, hidden = encode_texts(parts.text_encoder, parts.tokenizer, texts + [""])
-    inputs = {"caption_embeds": pooled[:n], "negative_embeds": pooled[n:n + n * k].view(n, k, -1),
-              "ref_embeds": pooled[n + n * k:n + n * k + n],
-              "caption_tokens": hidden[:n],
-              "negative_tokens": hidden[n:n + n * k].unflatten(0, (n, k)),
-              "ref_tokens": hidden[n + n * k:n + n * k + n],
+    encoded = encode_texts(parts.text_encoder, parts.tokenizer, texts + [""])
+    captions, negatives = encoded[:n], encoded[n:n + n * k]
+    refs, empty = encoded[n + n * k:n + n * k + n], encoded[-1:]
+    inputs = {"caption_embeds": captions.pooled,
+              "negative_embeds": negatives.pooled.view(n, k, -1),
+              "ref_embeds": refs.pooled,
+              "caption_tokens": captions.hidden, "caption_mask": captions.mask,
+              "negative_tokens": negatives.hidden.unflatten(0, (n, k)),
+              "negative_mask": negatives.mask.unflatten(0, (n, k)),
+              "ref_tokens": refs.hidden, "ref_mask": refs.mask,
               "boxes": batch["boxes"].to(device), "has_ref": batch["has_ref"].to(device),
               "object_boxes": batch["object_boxes"].to(device),
               "object_mask": batch["object_mask"].to(device)}
-    masks = text_mask(parts.tokenizer, texts).to(device)
-    inputs["caption_mask"], inputs["ref_mask"] = masks[:n], masks[n + n * k:]
-    inputs["negative_mask"] = masks[n:n + n * k].unflatten(0, (n, k))
-    caption_states = hidden[:n]
-    empty_states = hidden[-1:].expand(n, -1, -1)
-    inputs["states"] = caption_states if config.condition == "caption" else empty_states
+    empty_states = empty.hidden.expand(n, -1, -1)
+    inputs["states"] = captions.hidden if config.condition == "caption" else empty_states
     if config.ground_condition == "expression":
-        inputs["ref_states"] = hidden[n + n * k:n + n * k + n]
+        inputs["ref_states"] = refs.hidden
     if need_caption_states:
-        inputs["caption_states"] = caption_states
+        inputs["caption_states"] = captions.hidden
     return latents, inputs
 
 
@@ -62,18 +62,17 @@ class FrozenParts:
     vae: nn.Module
     text_encoder: nn.Module
     tokenizer: object
-    noise_scheduler: object
+    noiser: Noiser
     device: torch.device
 
     @property
-    def scaling_factor(self) -> float:
-        return float(self.vae.config.scaling_factor)
+    def noise_scheduler(self):
+        """The noiser's DDPM scheduler, for training/loop.py until it calls `noiser.add`."""
+        return self.noiser.scheduler
 
 
 def frozen_parts(bundle, device: torch.device) -> FrozenParts:
-    from diffusers import DDPMScheduler
-
     bundle.vae.to(device)
     bundle.text_encoder.to(device)
     return FrozenParts(bundle.vae, bundle.text_encoder, bundle.tokenizer,
-                       DDPMScheduler.from_config(bundle.scheduler_config), device)
+                       Noiser(bundle.scheduler_config), device)

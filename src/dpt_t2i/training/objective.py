@@ -11,6 +11,8 @@ from ..model.config import DPTConfig
 from ..model.features import tap_with_output
 from ..model.heads import DPTHeads, unet_features
 from ..model.losses import DEFAULT_GROUNDING_WEIGHTS, GroundingCriterion, GroundingMatcher
+from ..model.score import matching_text
+from ..model.text import EncodedTexts
 from .settings import TrainSettings
 
 
@@ -65,10 +67,10 @@ class DPTObjective(nn.Module):
         if self.heads.adapter.text_head is None:
             return inputs["caption_embeds"], inputs["negative_embeds"]
         n, k = inputs["negative_embeds"].shape[:2]
-        texts = self.heads.adapter.text(
+        texts = matching_text(self.heads, EncodedTexts(
             torch.cat([inputs["caption_embeds"], inputs["negative_embeds"].flatten(0, 1)]),
             torch.cat([inputs["caption_tokens"], inputs["negative_tokens"].flatten(0, 1)]),
-            torch.cat([inputs["caption_mask"], inputs["negative_mask"].flatten(0, 1)]))
+            torch.cat([inputs["caption_mask"], inputs["negative_mask"].flatten(0, 1)])))
         return texts[:n], texts[n:].view(n, k, -1)
 
     def _grounding(self, out: dict[str, Tensor], feats: Tensor, noisy: Tensor, t: Tensor,
