@@ -7,7 +7,6 @@ import torch
 
 import dpt_t2i
 from dpt_t2i.data.shapes.grammar import vocabulary
-from dpt_t2i.errors import UsageError
 from dpt_t2i.io.bundle import check_model_folder, default_model_path, load_bundle, read_vocabulary
 
 
@@ -59,17 +58,17 @@ def _without(folder, tmp_path, name):
     ("vae/config.json", "vae/config.json"),
 ])
 def test_check_model_folder_names_the_missing_piece(tiny_model, tmp_path, missing, named):
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(ValueError) as err:
         check_model_folder(_without(tiny_model, tmp_path, missing))
     message = str(err.value)
     assert named in message and "Stable Diffusion" in message and "\n" not in message
 
 
 def test_check_model_folder_rejects_missing_path_and_file(tmp_path):
-    with pytest.raises(UsageError, match="does not exist"):
+    with pytest.raises(ValueError, match="does not exist"):
         check_model_folder(tmp_path / "nowhere")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(UsageError, match="is not a folder"):
+    with pytest.raises(ValueError, match="is not a folder"):
         check_model_folder(tmp_path / "file")
 
 
@@ -77,7 +76,7 @@ def test_unloadable_weights_give_a_usage_error(tiny_model_plain, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_plain, copy)
     (copy / "unet" / "diffusion_pytorch_model.safetensors").unlink()
-    with pytest.raises(UsageError, match="cannot load .*unet"):
+    with pytest.raises(ValueError, match="cannot load .*unet"):
         load_bundle(copy)
 
 
@@ -89,8 +88,8 @@ def test_read_vocabulary_variants(tmp_path):
     marker.write_text(json.dumps({"world": "shapes"}))
     assert read_vocabulary(tmp_path) == vocabulary()
     marker.write_text(json.dumps({"world": "shapes", "vocabulary": "a red"}))
-    with pytest.raises(UsageError, match="no list of words"):
+    with pytest.raises(ValueError, match="no list of words"):
         read_vocabulary(tmp_path)
     marker.write_text("{not json")
-    with pytest.raises(UsageError, match="cannot read"):
+    with pytest.raises(ValueError, match="cannot read"):
         read_vocabulary(tmp_path)

@@ -1,6 +1,5 @@
 import pytest
 
-from dpt_t2i.errors import UsageError
 from dpt_t2i.io.image_folder import (INDEX, check_output_folder, publish, read_index,
                                      staging_folder, write_index)
 
@@ -32,7 +31,7 @@ def test_existing_folder_keeps_other_files(tmp_path):
 
 def test_clashing_file_needs_overwrite(tmp_path):
     (tmp_path / "0.png").write_text("old")
-    with pytest.raises(UsageError, match="already has 0.png"):
+    with pytest.raises(ValueError, match="already has 0.png"):
         check_output_folder(tmp_path, ["0.png"])
     assert check_output_folder(tmp_path, ["0.png"], overwrite=True) == tmp_path.resolve()
 

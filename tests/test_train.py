@@ -169,3 +169,20 @@ def test_settings_are_checked():
         TrainSettings(t_min=500, t_max=500)
     with pytest.raises(ValueError, match="batch must be >= 1"):
         TrainSettings(batch=0)
+
+
+def test_settings_check_rates_weights_and_the_schedule_length():
+    with pytest.raises(ValueError, match="lora_lr must be a finite number >= 0, got nan"):
+        TrainSettings(lora_lr=float("nan"))
+    with pytest.raises(ValueError, match="hn_clip must be a finite number >= 0, got -1"):
+        TrainSettings(hn_clip=-1.0)
+    with pytest.raises(ValueError, match="need 0 <= t_min < t_max <= 1000, got 0 and 1001"):
+        TrainSettings(t_max=1001)
+
+
+def test_stage_defaults_make_valid_settings():
+    from dpt_t2i.training.settings import STAGE_DEFAULTS, STAGES
+
+    assert set(STAGE_DEFAULTS) == set(STAGES)
+    for stage, values in STAGE_DEFAULTS.items():
+        assert TrainSettings(stage=stage, **values).stage == stage

@@ -9,7 +9,6 @@ from dpt_t2i.cli import main
 from dpt_t2i.data.benchmarks import (BENCHMARKS, BenchmarkPrompt, read_abc6k, read_benchmark,
                                      read_cc500, read_coco_nss1k, read_geneval, read_t2i_compbench,
                                      write_geneval_layout)
-from dpt_t2i.errors import UsageError
 
 # CC-500.txt as published: one prompt a line, one line ending in a tab
 CC500 = ("a green bench and a red car\na red bench and a green car\n\n"
@@ -122,7 +121,7 @@ def test_geneval_keeps_each_line_object(tmp_path):
 
 def test_read_benchmark_knows_every_name_and_refuses_others(tmp_path):
     assert BENCHMARKS == ("cc-500", "abc-6k", "coco-nss1k", "t2i-compbench", "geneval")
-    with pytest.raises(UsageError, match="unknown benchmark 'drawbench'; expected one of "
+    with pytest.raises(ValueError, match="unknown benchmark 'drawbench'; expected one of "
                                          "cc-500, abc-6k, coco-nss1k, t2i-compbench, geneval"):
         read_benchmark("drawbench", tmp_path)
 
@@ -158,7 +157,8 @@ BAD_FILES = {  # case: (benchmark, file name, content (bytes, or None for no fil
     "compbench file name": ("t2i-compbench", "colors.txt", b"a red car\n",
                             r"colors.txt is not named for a category; expected "
                             r"<category>_val.txt with category one of color, shape"),
-    "compbench empty file": ("t2i-compbench", "shape_val.txt", b"", r"shape_val.txt has no prompts"),
+    "compbench empty file": ("t2i-compbench", "shape_val.txt", b"",
+                             r"shape_val.txt has no prompts"),
     "text file is a folder": ("cc-500", "folder", "dir", r"CC-500 file \S+folder is not a file"),
     "compbench folder without files": ("t2i-compbench", "folder", "dir",
                                        r"T2I-CompBench folder \S+folder has no prompt file"),
@@ -175,7 +175,7 @@ def test_bad_file_is_a_usage_error_naming_file_and_line(case, tmp_path):
         path.mkdir()
     elif content is not None:
         path.write_bytes(content)
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(ValueError) as info:
         read_benchmark(benchmark, path)
     assert re.search(pattern, str(info.value)), str(info.value)
     assert "\n" not in str(info.value)
@@ -233,7 +233,7 @@ def test_layout_needs_overwrite_to_replace_and_keeps_other_files(geneval_run, tm
     out = tmp_path / "layout"
     (out / "00007" / "samples").mkdir(parents=True)
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(UsageError, match="is not empty; pass --overwrite"):
+    with pytest.raises(ValueError, match="is not empty; pass --overwrite"):
         write_geneval_layout(geneval_run / "run", out)
     assert write_geneval_layout(geneval_run / "run", out, overwrite=True) == 3
     assert sorted(p.name for p in out.iterdir()) == ["00000", "00001", "00002", "notes.txt"]
@@ -246,7 +246,7 @@ def test_layout_refuses_a_folder_without_geneval_metadata(tmp_path):
     (tmp_path / "run" / "index.jsonl").write_text(json.dumps(
         {"file": "00000.png", "prompt": "a red car", "prompt_index": 0,
          "benchmark": {"benchmark": "cc-500", "line": 1}}) + "\n")
-    with pytest.raises(UsageError, match="record 1 has no GenEval metadata"):
+    with pytest.raises(ValueError, match="record 1 has no GenEval metadata"):
         write_geneval_layout(tmp_path / "run", tmp_path / "layout")
     assert not (tmp_path / "layout").exists()
 

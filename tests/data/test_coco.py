@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from dpt_t2i.data.coco import CaptionedImage, read_coco_captions
-from dpt_t2i.errors import UsageError
 
 IMAGES = [{"id": 7, "file_name": "a.png", "width": 40, "height": 30, "license": 1},
           {"id": 9, "file_name": "b.jpg", "width": 40, "height": 30},
@@ -41,42 +40,42 @@ def test_images_are_not_opened(tmp_path):
 
 
 def test_missing_file_and_invalid_json_are_usage_errors(tmp_path):
-    with pytest.raises(UsageError, match="nope.json does not exist"):
+    with pytest.raises(ValueError, match="nope.json does not exist"):
         read_coco_captions(tmp_path / "nope.json", tmp_path)
     bad = tmp_path / "bad.json"
     bad.write_text('{"images": [')
-    with pytest.raises(UsageError, match="bad.json is not valid JSON"):
+    with pytest.raises(ValueError, match="bad.json is not valid JSON"):
         read_coco_captions(bad, tmp_path)
     bad.write_text("[1, 2]")
-    with pytest.raises(UsageError, match="JSON list; expected an object"):
+    with pytest.raises(ValueError, match="JSON list; expected an object"):
         read_coco_captions(bad, tmp_path)
 
 
 def test_missing_top_level_key_names_file_and_key(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"images": IMAGES}))
-    with pytest.raises(UsageError, match=r"c\.json has no top-level key 'annotations'"):
+    with pytest.raises(ValueError, match=r"c\.json has no top-level key 'annotations'"):
         read_coco_captions(path, tmp_path)
 
 
 def test_missing_entry_key_names_entry_index_and_id(tmp_path):
     images = IMAGES[:1] + [{"id": 9, "file_name": "b.jpg", "height": 30}]
-    with pytest.raises(UsageError, match=r"captions_train2014\.json: images\[1\] \(id 9\) has "
+    with pytest.raises(ValueError, match=r"captions_train2014\.json: images\[1\] \(id 9\) has "
                                          r"no key 'width'"):
         read_coco_captions(write_coco_captions(tmp_path, images=images), tmp_path)
     annotations = ANNOTATIONS + [{"id": 42, "image_id": 7}]
-    with pytest.raises(UsageError, match=r"annotations\[5\] \(id 42\) has no key 'caption'"):
+    with pytest.raises(ValueError, match=r"annotations\[5\] \(id 42\) has no key 'caption'"):
         read_coco_captions(write_coco_captions(tmp_path, annotations=annotations), tmp_path)
 
 
 def test_wrong_types_and_unknown_image_ids_are_refused(tmp_path):
     annotations = [{"id": 1, "image_id": "7", "caption": "x y"}]
-    with pytest.raises(UsageError, match=r"annotations\[0\] \(id 1\) has image_id='7'; "
+    with pytest.raises(ValueError, match=r"annotations\[0\] \(id 1\) has image_id='7'; "
                                          "expected int"):
         read_coco_captions(write_coco_captions(tmp_path, annotations=annotations), tmp_path)
     annotations = [{"id": 1, "image_id": 8, "caption": "x y"}]
-    with pytest.raises(UsageError, match="image_id 8, which is not in 'images'"):
+    with pytest.raises(ValueError, match="image_id 8, which is not in 'images'"):
         read_coco_captions(write_coco_captions(tmp_path, annotations=annotations), tmp_path)
     images = IMAGES + [dict(IMAGES[0])]
-    with pytest.raises(UsageError, match="repeats image id 7"):
+    with pytest.raises(ValueError, match="repeats image id 7"):
         read_coco_captions(write_coco_captions(tmp_path, images=images), tmp_path)

@@ -10,7 +10,6 @@ from dpt_t2i.data.coco import CaptionedImage, read_coco_captions
 from dpt_t2i.data.real import RealDPTData, RecEvalSet
 from dpt_t2i.data.refcoco import read_refcoco
 from dpt_t2i.data.samples import collate
-from dpt_t2i.errors import UsageError
 
 from .test_coco import write_coco_captions
 from .test_refcoco import write_refcoco
@@ -98,11 +97,11 @@ def test_negatives_fall_back_to_other_images_captions(tmp_path):
 
 def test_bad_arguments_are_usage_errors(tiny):
     captioned, refs, _ = tiny
-    with pytest.raises(UsageError, match="expected at least 2"):
+    with pytest.raises(ValueError, match="expected at least 2"):
         RealDPTData(captioned[:1], None, RESOLUTION)
-    with pytest.raises(UsageError, match="resolution must be a positive"):
+    with pytest.raises(ValueError, match="resolution must be a positive"):
         RealDPTData(captioned, None, 0)
-    with pytest.raises(UsageError, match="ref 1 is on image 7 of size 40x30, but the captions "
+    with pytest.raises(ValueError, match="ref 1 is on image 7 of size 40x30, but the captions "
                                          "file gives it 80x30"):
         RealDPTData([CaptionedImage(7, Path("a.png"), 80, 30, ["x y"])] + captioned[1:],
                     refs, RESOLUTION)

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from dpt_t2i.data.refcoco import ForbiddenGlobal, load_refs_pickle, read_refcoco
-from dpt_t2i.errors import UsageError
 
 INSTANCES = {
     "images": [{"id": 7, "file_name": "a.png", "width": 40, "height": 30},
@@ -62,7 +61,7 @@ def test_reads_refs_with_boxes_normalised_to_the_image(tmp_path):
 def test_split_filter_and_unknown_split(tmp_path):
     paths = write_refcoco(tmp_path)
     assert [r.ref_id for r in read_refcoco(*paths, tmp_path, splits={"val", "testA"})] == [2, 4]
-    with pytest.raises(UsageError, match=r"no ref in split\(s\) \['testB'\]; the splits "
+    with pytest.raises(ValueError, match=r"no ref in split\(s\) \['testB'\]; the splits "
                                          r"present are \['testA', 'train', 'val'\]"):
         read_refcoco(*paths, tmp_path, splits={"val", "testB"})
 
@@ -90,34 +89,34 @@ def test_pickle_naming_a_global_is_refused_without_running_it(tmp_path, monkeypa
                                               r"(posix|os|nt)\.system"):
         load_refs_pickle(path)
     assert not (tmp_path / "pwned").exists()
-    assert issubclass(ForbiddenGlobal, UsageError)
+    assert issubclass(ForbiddenGlobal, ValueError)
 
 
 def test_broken_pickle_and_wrong_shape_are_usage_errors(tmp_path):
     path = tmp_path / "refs(unc).p"
     path.write_bytes(b"not a pickle at all")
-    with pytest.raises(UsageError, match="is not a readable pickle"):
+    with pytest.raises(ValueError, match="is not a readable pickle"):
         load_refs_pickle(path)
     path.write_bytes(pickle.dumps({"ref_id": 1}))
-    with pytest.raises(UsageError, match="holds a dict; expected a list"):
+    with pytest.raises(ValueError, match="holds a dict; expected a list"):
         load_refs_pickle(path)
 
 
 def test_box_outside_its_image_names_ref_box_and_size(tmp_path):
     instances = json.loads(json.dumps(INSTANCES))
     instances["annotations"][0]["bbox"] = [30, 5, 12, 10]  # x + w = 42 > 40 + 1
-    with pytest.raises(UsageError, match=r"ref 1 \(ann 100\) has bbox \[x, y, w, h\] = "
+    with pytest.raises(ValueError, match=r"ref 1 \(ann 100\) has bbox \[x, y, w, h\] = "
                                          r"\[30, 5, 12, 10\] outside its 40x30 image"):
         read_refcoco(*write_refcoco(tmp_path, instances=instances), tmp_path)
     instances["annotations"][0]["bbox"] = [10, 5, 0, 10]  # empty
-    with pytest.raises(UsageError, match=r"ref 1 \(ann 100\) has bbox"):
+    with pytest.raises(ValueError, match=r"ref 1 \(ann 100\) has bbox"):
         read_refcoco(*write_refcoco(tmp_path, instances=instances), tmp_path)
 
 
 def test_ref_whose_annotation_is_missing_names_ref_and_ann(tmp_path):
     refs = REFS + [ref(5, 999, 7, "train", ["ghost"])]
-    with pytest.raises(UsageError, match="ref 5 has ann_id 999, which is not in"):
+    with pytest.raises(ValueError, match="ref 5 has ann_id 999, which is not in"):
         read_refcoco(*write_refcoco(tmp_path, refs=refs), tmp_path)
     refs = [dict(REFS[0], sentences=[{"raw": "x"}])]
-    with pytest.raises(UsageError, match=r"ref 1 sentences\[0\] has no key 'sent'"):
+    with pytest.raises(ValueError, match=r"ref 1 sentences\[0\] has no key 'sent'"):
         read_refcoco(*write_refcoco(tmp_path, refs=refs), tmp_path)

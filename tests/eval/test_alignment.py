@@ -5,7 +5,6 @@ import json
 import pytest
 
 from dpt_t2i.data.shapes.grammar import FAMILIES
-from dpt_t2i.errors import UsageError
 from dpt_t2i.eval.alignment import format_table, judge_folders, summarize
 
 
@@ -64,8 +63,8 @@ def _folder_with(tmp_path, clean, records):
 def test_missing_image_and_foreign_prompt_raise_usage_errors(judged_folders, tmp_path):
     ok = {"file": "00000.png", "prompt": "a red circle", "seed": 0}
     folder = _folder_with(tmp_path, judged_folders["clean"], [ok, {**ok, "file": "00007.png"}])
-    with pytest.raises(UsageError, match=r"names 00007\.png, which is missing"):
+    with pytest.raises(ValueError, match=r"names 00007\.png, which is missing"):
         judge_folders([folder])
     (folder / "index.jsonl").write_text(json.dumps({**ok, "prompt": "a pink dog"}) + "\n")
-    with pytest.raises(UsageError, match=r"'a pink dog' of 00000\.png is not a Shapes prompt"):
+    with pytest.raises(ValueError, match=r"'a pink dog' of 00000\.png is not a Shapes prompt"):
         judge_folders([folder])

@@ -19,7 +19,6 @@ from PIL import Image
 pytest.importorskip("torchmetrics")
 
 from dpt_t2i.cli import main  # noqa: E402
-from dpt_t2i.errors import UsageError  # noqa: E402
 from dpt_t2i.eval.inception import InceptionV3, load_inception  # noqa: E402
 from dpt_t2i.eval.metrics import reference_images  # noqa: E402
 
@@ -243,7 +242,7 @@ def test_reference_images_are_png_and_jpg_files(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     assert [p.name for p in reference_images(tmp_path)] == ["a.JPG", "b.png", "c.jpeg"]
     (tmp_path / "d.png").write_text("not a png")
-    with pytest.raises(UsageError, match=r"d\.png is not a readable image"):
+    with pytest.raises(ValueError, match=r"d\.png is not a readable image"):
         reference_images(tmp_path)
 
 

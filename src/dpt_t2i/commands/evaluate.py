@@ -12,8 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import UsageError
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("evaluate", help="alignment accuracy of generated Shapes images",
@@ -44,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     for folder in args.folders:
         if not (folder / "index.jsonl").is_file():
-            raise UsageError(f"{folder} has no index.jsonl; expected a folder written by "
+            raise ValueError(f"{folder} has no index.jsonl; expected a folder written by "
                              "`dpt generate`")
     from ..eval.alignment import format_table, judge_folders, summarize, unjudged_folders
 

@@ -1,68 +1,7 @@
-"""`dpt export-lora` and `dpt import-official`: DPT LoRA in diffusers' and the authors' formats.
-
-    dpt export-lora --dpt DIR --out LORA_DIR
-        writes LORA_DIR/pytorch_lora_weights.safetensors, which plain diffusers loads with
-        StableDiffusionPipeline.from_pretrained(model).load_lora_weights(LORA_DIR)
-
-    dpt import-official pytorch_model.bin --model SD_FOLDER --out DPT_DIR
-        turns the authors' released checkpoint (attention-processor LoRA on every attention
-        layer, plus their adapter) into a DPT folder that `dpt generate --dpt DPT_DIR`
-        samples and self-corrects with (their adapter's matching path runs); it cannot be
-        evaluated with `dpt evaluate-disc` or tuned further.
-"""
-
-from __future__ import annotations
-
-import argparse
-from pathlib import Path
-
-from ..errors import UsageError
-from .model_args import add_model_argument, model_folder, quiet_loading
+"""Shim until cli.py registers `export_lora` and `import_official` itself."""
+from . import export_lora, import_official
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    export = sub.add_parser("export-lora", help="a DPT folder's LoRA in diffusers' LoRA format",
-                            description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    export.add_argument("--dpt", type=Path, required=True, metavar="DIR",
-                        help="a stage-2 DPT folder (a tune run's final/)")
-    export.add_argument("--out", type=Path, required=True, metavar="DIR",
-                        help="folder for pytorch_lora_weights.safetensors")
-    export.set_defaults(run=run_export)
-    imp = sub.add_parser("import-official", help="the authors' DPT checkpoint as a DPT folder",
-                         description=__doc__,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    imp.add_argument("checkpoint", type=Path, metavar="BIN", help="their pytorch_model.bin")
-    add_model_argument(imp)
-    imp.add_argument("--out", type=Path, required=True, metavar="DIR",
-                     help="the DPT folder to write")
-    imp.set_defaults(run=run_import)
-
-
-def run_export(args: argparse.Namespace) -> int:
-    from ..io.interchange import export_diffusers_lora
-
-    try:
-        path = export_diffusers_lora(args.dpt, args.out)
-    except (ValueError, OSError) as err:
-        raise UsageError(str(err)) from None
-    print(f"wrote {path}")
-    return 0
-
-
-def run_import(args: argparse.Namespace) -> int:
-    model = model_folder(args.model)
-    if args.out.exists():
-        raise UsageError(f"{args.out} exists; choose a new folder for the imported DPT weights")
-    quiet_loading()
-    from diffusers import UNet2DConditionModel
-
-    from ..io.interchange import import_official
-
-    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", local_files_only=True)
-    try:
-        import_official(args.checkpoint, unet, args.out)
-    except ValueError as err:
-        raise UsageError(f"{args.checkpoint}: {err}") from None
-    print(f"wrote {args.out}: sample with `dpt generate --model {model} --dpt {args.out}`")
-    return 0
+def register(sub) -> None:
+    export_lora.register(sub)
+    import_official.register(sub)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 from pathlib import Path
 
-from ..errors import UsageError
 from ..io.bundle import check_model_folder, default_model_path
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None, metavar="PATH",
-                        help="a Stable Diffusion diffusers folder (default: the shipped Shapes model)")
+                        help="a Stable Diffusion diffusers folder (default: the shipped Shapes "
+                             "model)")
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +24,7 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
 def set_threads(threads: int | None) -> None:
     if threads is not None:
         if threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {threads}")
+            raise ValueError(f"--threads must be >= 1, got {threads}")
         import torch
 
         torch.set_num_threads(threads)
@@ -33,7 +35,7 @@ def model_folder(path: Path | None) -> Path:
     if path is None:
         path = default_model_path()
         if not path.exists():
-            raise UsageError(f"the shipped Shapes model is not installed ({path} is missing); "
+            raise ValueError(f"the shipped Shapes model is not installed ({path} is missing); "
                              "pass --model PATH to a Stable Diffusion diffusers folder")
     return check_model_folder(path)
 
@@ -43,3 +45,26 @@ def quiet_loading() -> None:
     from transformers.utils import logging
 
     logging.disable_progress_bar()
+
+
+def settings_from_args(cls: type, args: argparse.Namespace, **given):
+    """The dataclass `cls` of `given` and the same-named attributes of `args`.
+
+    The dataclass checks its fields and names them (`t_min`); a message about one that came
+    from the command line names its flag instead (`--t-min`).
+
+    Args:
+        cls: a dataclass whose fields with a flag are named as the flag's dest.
+        args: the parsed command line.
+        given: fields that do not come from a same-named flag.
+    """
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+             if f.name not in given and hasattr(args, f.name)}
+    try:
+        return cls(**flags, **given)
+    except ValueError as err:
+        if not flags:
+            raise
+        names = "|".join(flags)
+        message = re.sub(rf"\b({names})\b", lambda m: "--" + m[1].replace("_", "-"), str(err))
+        raise ValueError(message) from None

@@ -33,34 +33,34 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
 def read_prompt_set(args: argparse.Namespace) -> tuple[list[str], list[dict] | None]:
     """The run's prompts and, from `--benchmark`, each prompt's metadata (else None).
 
-    Raises UsageError if the prompts are given more than one way or a set's file is bad.
+    Raises ValueError if the prompts are given more than one way or a set's file is bad.
     """
     if args.benchmark is None and args.benchmark_file is None:
         return read_prompts(args), None
     if args.prompt or args.prompts_file:
-        raise UsageError("give prompts with --prompt, --prompts-file or --benchmark, not several")
+        raise ValueError("give prompts with --prompt, --prompts-file or --benchmark, not several")
     if args.benchmark is None:
-        raise UsageError(f"--benchmark-file needs --benchmark NAME, one of "
+        raise ValueError(f"--benchmark-file needs --benchmark NAME, one of "
                          f"{', '.join(BENCHMARKS)}")
     if args.benchmark_file is None:
-        raise UsageError(f"--benchmark {args.benchmark} needs --benchmark-file PATH, the "
+        raise ValueError(f"--benchmark {args.benchmark} needs --benchmark-file PATH, the "
                          "set's file")
     prompts = read_benchmark(args.benchmark, args.benchmark_file)
     return [p.text for p in prompts], [p.metadata for p in prompts]
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
-    """The prompts given by `--prompt` or `--prompts-file`, stripped; raises UsageError if none."""
+    """The prompts given by `--prompt` or `--prompts-file`, stripped; raises ValueError if none."""
     if args.prompt and args.prompts_file:
-        raise UsageError("give prompts with --prompt or with --prompts-file, not both")
+        raise ValueError("give prompts with --prompt or with --prompts-file, not both")
     if args.prompts_file is not None:
         return _read_file(args.prompts_file)
     if not args.prompt:
-        raise UsageError("no prompt; expected --prompt TEXT (repeatable) or --prompts-file FILE")
+        raise ValueError("no prompt; expected --prompt TEXT (repeatable) or --prompts-file FILE")
     prompts = [p.strip() for p in args.prompt]
     for i, prompt in enumerate(prompts):
         if not prompt:
-            raise UsageError(f"--prompt number {i + 1} is empty; expected a text such as "
+            raise ValueError(f"--prompt number {i + 1} is empty; expected a text such as "
                              "'a red circle'")
     return prompts
 
@@ -68,16 +68,16 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 def _read_file(path: Path) -> list[str]:
     expected = "expected a UTF-8 text file with one prompt a line"
     if not path.exists():
-        raise UsageError(f"prompts file {path} does not exist; {expected}")
+        raise ValueError(f"prompts file {path} does not exist; {expected}")
     if not path.is_file():
-        raise UsageError(f"prompts file {path} is not a file; {expected}")
+        raise ValueError(f"prompts file {path} is not a file; {expected}")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read prompts file {path} ({err}); {expected}") from None
+        raise ValueError(f"cannot read prompts file {path} ({err}); {expected}") from None
     prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
-        raise UsageError(f"prompts file {path} has no prompts; {expected}")
+        raise ValueError(f"prompts file {path} has no prompts; {expected}")
     return prompts
 
 

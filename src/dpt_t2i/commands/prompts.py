@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import UsageError
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("prompts", help="the Shapes benchmark prompt list of a split",
@@ -23,10 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.per_family <= 0:
-        raise UsageError(f"--per-family must be a positive whole number, got {args.per_family}")
+        raise ValueError(f"--per-family must be a positive whole number, got {args.per_family}")
     from ..data.shapes.splits import benchmark_prompts
 
-    text = "".join(p.text + "\n" for p in benchmark_prompts(args.split, args.per_family, args.seed))
+    prompts = benchmark_prompts(args.split, args.per_family, args.seed)
+    text = "".join(p.text + "\n" for p in prompts)
     if args.out is None:
         sys.stdout.write(text)
     else:

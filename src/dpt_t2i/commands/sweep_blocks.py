@@ -12,9 +12,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import UsageError
+from ..eval.disc_run import DiscSettings
+from ..model.config import CONDITIONS, DPTConfig
+from ..training.settings import TrainSettings
 from .model_args import (add_model_argument, add_threads_argument, model_folder, quiet_loading,
-                         set_threads)
+                         set_threads, settings_from_args)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,24 +25,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", type=Path, required=True)
     add_model_argument(p)
     p.add_argument("--blocks", default=None, help="comma-separated (default: all blocks)")
+    # a short probe per block (TrainSettings.steps is a full run's): the blocks are compared
     p.add_argument("--steps", type=int, default=500, help="probe steps per block (default 500)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--t-max", type=int, default=1000, help="training timesteps are < this")
-    p.add_argument("--condition", choices=["empty", "caption"], default="empty")
-    p.add_argument("--timestep", type=int, default=100)
-    p.add_argument("--n-itm", type=int, default=200)
-    p.add_argument("--n-rec", type=int, default=400)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=TrainSettings.batch)
+    p.add_argument("--t-max", type=int, default=TrainSettings.t_max,
+                   help="training timesteps are < this")
+    p.add_argument("--condition", choices=CONDITIONS, default=DPTConfig.condition)
+    p.add_argument("--timestep", type=int, default=DiscSettings.timestep)
+    p.add_argument("--n-itm", type=int, default=DiscSettings.n_itm)
+    p.add_argument("--n-rec", type=int, default=DiscSettings.n_rec)
+    p.add_argument("--seed", type=int, default=TrainSettings.seed)
     add_threads_argument(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    if args.steps < 1 or args.batch < 1:
-        raise UsageError("--steps and --batch must be >= 1")
-    if not 1 <= args.t_max <= 1000:
-        raise UsageError(f"--t-max must be in 1..1000, got {args.t_max}")
+    settings = settings_from_args(TrainSettings, args, stage="probe")
     model = model_folder(args.model)
     quiet_loading()
     from ..io.bundle import load_bundle
@@ -50,23 +51,23 @@ def run(args: argparse.Namespace) -> int:
     blocks = args.blocks.split(",") if args.blocks else names
     unknown = [b for b in blocks if b not in names]
     if unknown:
-        raise UsageError(f"unknown block(s) {', '.join(unknown)}; this U-Net has {', '.join(names)}")
-    rows = {block: _probe_and_evaluate(args, model, block) for block in blocks}
+        raise ValueError(f"unknown block(s) {', '.join(unknown)}; this U-Net has "
+                         f"{', '.join(names)}")
+    rows = {block: _probe_and_evaluate(args, model, block, settings) for block in blocks}
     write_sweep(args.run_dir, rows, args)
     print((args.run_dir / "sweep.md").read_text())
     return 0
 
 
-def _probe_and_evaluate(args: argparse.Namespace, model: Path, block: str) -> dict:
+def _probe_and_evaluate(args: argparse.Namespace, model: Path, block: str,
+                        settings: TrainSettings) -> dict:
     from ..data.sources import ShapesSource
     from ..eval.discriminative import DiscriminativeScorer, evaluate_shapes
     from ..io.bundle import load_bundle
     from ..io.dpt_folder import load_dpt
     from ..model.adapter import AdapterConfig
-    from ..model.config import DPTConfig
     from ..model.features import block_channels
     from ..training.loop import train_dpt
-    from ..training.settings import TrainSettings
     from .train import latent_side
 
     run_dir = args.run_dir / block
@@ -80,9 +81,7 @@ def _probe_and_evaluate(args: argparse.Namespace, model: Path, block: str) -> di
             text_dim=bundle.text_encoder.config.hidden_size,
             max_hw=max(16, latent_side(bundle, args))))
         print(f"probing {block}")
-        train_dpt(run_dir, bundle, ShapesSource(seed=args.seed), config,
-                  TrainSettings(stage="probe", steps=args.steps, batch=args.batch, seed=args.seed,
-                                t_max=args.t_max))
+        train_dpt(run_dir, bundle, ShapesSource(seed=args.seed), config, settings)
     heads, config = load_dpt(run_dir / "final", bundle.unet)
     scorer = DiscriminativeScorer(bundle, heads, config, args.timestep)
     result = evaluate_shapes(scorer, n_itm=args.n_itm, n_rec=args.n_rec)
@@ -98,10 +97,12 @@ def write_sweep(run_dir: Path, rows: dict[str, dict], args: argparse.Namespace) 
 
     lines = [f"Probe of each block: {args.steps} steps x {args.batch}, condition "
              f"{args.condition}; evaluated at t={args.timestep}.", "",
-             "| block | ITM ID | ITM OOD | REC ID | REC OOD | s/step |", "|---|---|---|---|---|---|"]
+             "| block | ITM ID | ITM OOD | REC ID | REC OOD | s/step |",
+             "|---|---|---|---|---|---|"]
     for block, r in rows.items():
-        lines.append(f"| {block} | {r['itm']['id']['overall']:.3f} | {r['itm']['ood']['overall']:.3f}"
-                     f" | {r['rec']['id']['acc']:.3f} | {r['rec']['ood']['acc']:.3f}"
+        lines.append(f"| {block} | {r['itm']['id']['overall']:.3f}"
+                     f" | {r['itm']['ood']['overall']:.3f} | {r['rec']['id']['acc']:.3f}"
+                     f" | {r['rec']['ood']['acc']:.3f}"
                      f" | {r.get('s_per_step') or float('nan'):.3f} |")
     (run_dir / "sweep.md").write_text("\n".join(lines) + "\n")
     blocks = list(rows)

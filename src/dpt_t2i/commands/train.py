@@ -13,102 +13,129 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
-from ..errors import UsageError
+from ..model.adapter import MATCH_TEXTS, AdapterConfig
+from ..model.config import CONDITIONS, GROUND_CONDITIONS, DPTConfig
+from ..model.lora import TARGETS, LoraSettings
+from ..training.settings import STAGE_DEFAULTS, TrainSettings
 from .model_args import (add_model_argument, add_threads_argument, model_folder, quiet_loading,
-                         set_threads)
+                         set_threads, settings_from_args)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     probe = sub.add_parser("probe", help="DPT stage 1: train the adapter on a frozen U-Net",
                            description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(probe, steps=2000, lr=1e-3)
-    probe.add_argument("--block", default="up1", metavar="NAME",
-                       help="U-Net block to read: down0.., mid, up0.. (default up1)")
-    probe.add_argument("--condition", choices=["empty", "caption"], default="empty",
-                       help="text the U-Net sees when it makes the matching features "
-                       "(default empty)")
-    probe.add_argument("--ground-condition", choices=["expression", "empty"],
-                       default="expression", help="text the U-Net sees when it makes the "
-                       "grounding features (default expression: the referring expression)")
-    probe.add_argument("--ground-text", choices=["tokens", "none"], default="tokens",
-                       help="whether the grounding pass of the adapter reads the expression's "
-                       "token states (default tokens; none: only through the U-Net)")
-    probe.add_argument("--match-text", choices=["pooled", "tokens"], default="pooled",
-                       help="text(y) of the matching score: the text encoder's pooled state "
-                       "(default), or a learned reading of its token states")
-    probe.add_argument("--d-model", type=int, default=128, help="adapter width (default 128)")
-    probe.add_argument("--ground-queries", type=int, default=16,
-                       help="grounding queries N-M (default 16)")
+    _common(probe, "probe")
+    _adapter_arguments(probe)
     probe.set_defaults(run=run, stage="probe")
 
     tune = sub.add_parser("tune", help="DPT stage 2: LoRA on the U-Net attention + adapter",
                           description=__doc__,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(tune, steps=2000, lr=1e-4)
+    _common(tune, "tune")
     tune.add_argument("--init", type=Path, required=True, metavar="DPT",
                       help="stage 1's DPT folder (a probe run's final/): block, condition "
                            "and adapter weights to start from")
     _lora_arguments(tune)
-    tune.add_argument("--mse-weight", type=float, default=0.0,
-                      help="weight of the denoising MSE term (default 0: off)")
+    tune.add_argument("--mse-weight", type=float, default=TrainSettings.mse_weight,
+                      help="weight of the denoising MSE term (default "
+                           f"{TrainSettings.mse_weight:g}: off)")
     tune.set_defaults(run=run, stage="tune")
 
     hn = sub.add_parser("tune-hn-itm", help="baseline: HN-DiffusionITM LoRA tuning (denoising "
                         "error low under the caption, high under a hard negative)",
                         description=__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(hn, steps=400, lr=None)
+    _common(hn, "hn-itm")
     _lora_arguments(hn)
-    hn.add_argument("--hn-weight", type=float, default=1.0,
-                    help="weight of the hard negative's denoising error (default 1)")
-    hn.add_argument("--hn-clip", type=float, default=1.0,
-                    help="that error is clipped at this many times the caption's (default 1, "
-                         "the authors' hinge)")
+    hn.add_argument("--hn-weight", type=float, default=TrainSettings.hn_weight,
+                    help="weight of the hard negative's denoising error (default "
+                         f"{TrainSettings.hn_weight:g})")
+    hn.add_argument("--hn-clip", type=float, default=TrainSettings.hn_clip,
+                    help=f"that error is clipped at this many times the caption's (default "
+                         f"{TrainSettings.hn_clip:g}, the authors' hinge)")
     hn.set_defaults(run=run, stage="hn-itm")
 
 
+def _adapter_arguments(p: argparse.ArgumentParser) -> None:
+    """Stage 1's choices: the block, the texts the U-Net sees, the adapter's shape."""
+    config, adapter = DPTConfig, AdapterConfig  # their fields' defaults
+    p.add_argument("--block", default=config.block, metavar="NAME",
+                   help=f"U-Net block to read: down0.., mid, up0.. (default {config.block})")
+    p.add_argument("--condition", choices=CONDITIONS, default=config.condition,
+                   help="text the U-Net sees when it makes the matching features "
+                   f"(default {config.condition})")
+    p.add_argument("--ground-condition", choices=GROUND_CONDITIONS,
+                   default=config.ground_condition, help="text the U-Net sees when it makes "
+                   f"the grounding features (default {config.ground_condition}: the referring "
+                   "expression)")
+    ground_text = "tokens" if adapter.ground_text else "none"
+    p.add_argument("--ground-text", choices=["tokens", "none"], default=ground_text,
+                   help="whether the grounding pass of the adapter reads the expression's "
+                   f"token states (default {ground_text}; none: only through the U-Net)")
+    p.add_argument("--match-text", choices=MATCH_TEXTS, default=adapter.match_text,
+                   help="text(y) of the matching score: the text encoder's pooled state "
+                   "(default), or a learned reading of its token states")
+    p.add_argument("--d-model", type=int, default=adapter.d_model,
+                   help=f"adapter width (default {adapter.d_model})")
+    p.add_argument("--ground-queries", type=int, default=adapter.n_ground_queries,
+                   help=f"grounding queries N-M (default {adapter.n_ground_queries})")
+
+
 def _lora_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lora-rank", type=int, default=4)
-    p.add_argument("--lora-targets", choices=["cross", "all"], default="cross",
-                   help="LoRA on cross-attention only or on all attention (default cross)")
-    p.add_argument("--lora-lr", type=float, default=1e-4)
+    p.add_argument("--lora-rank", type=int, default=LoraSettings.rank)
+    p.add_argument("--lora-targets", choices=list(TARGETS), default=LoraSettings.targets,
+                   help="LoRA on cross-attention only or on all attention (default "
+                        f"{LoraSettings.targets})")
+    p.add_argument("--lora-lr", type=float, default=TrainSettings.lora_lr)
 
 
-def _common(p: argparse.ArgumentParser, steps: int, lr: float | None) -> None:
-    """The arguments of every stage; with `lr` None, no adapter ones (--lr, loss weights)."""
+def _common(p: argparse.ArgumentParser, stage: str) -> None:
+    """The arguments of every stage; hn-itm trains no adapter, so has no --lr or loss weights."""
+    defaults = vars(TrainSettings(stage=stage, **STAGE_DEFAULTS[stage]))
+    p.set_defaults(**STAGE_DEFAULTS[stage])  # hn-itm: the adapter values it records, unflagged
     p.add_argument("--run-dir", type=Path, required=True, help="folder for checkpoints and logs")
     add_model_argument(p)
-    p.add_argument("--steps", type=int, default=steps)
-    p.add_argument("--batch", type=int, default=64, help="samples per process per micro-step")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per update")
-    if lr is not None:
-        p.add_argument("--lr", type=float, default=lr, help="adapter learning rate")
-    p.add_argument("--t-min", type=int, default=0, help="smallest training timestep")
-    p.add_argument("--t-max", type=int, default=1000, help="training timesteps are < this")
-    if lr is not None:
-        p.add_argument("--match-weight", type=float, default=1.0)
-        p.add_argument("--ground-weight", type=float, default=1.0)
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
-    p.add_argument("--checkpoint-every", type=int, default=250)
-    p.add_argument("--keep-checkpoints", type=int, default=2, metavar="N",
-                   help="newest checkpoints kept (default 2); 0 keeps all, for `dpt report`'s "
-                        "curve against training steps")
+    p.add_argument("--steps", type=int, default=defaults["steps"])
+    p.add_argument("--batch", type=int, default=defaults["batch"],
+                   help="samples per process per micro-step")
+    p.add_argument("--grad-accum", type=int, default=defaults["grad_accum"],
+                   help="micro-steps per update")
+    if stage != "hn-itm":
+        p.add_argument("--lr", type=float, default=defaults["lr"], help="adapter learning rate")
+    p.add_argument("--t-min", type=int, default=defaults["t_min"],
+                   help="smallest training timestep")
+    p.add_argument("--t-max", type=int, default=defaults["t_max"],
+                   help="training timesteps are < this")
+    if stage != "hn-itm":
+        p.add_argument("--match-weight", type=float, default=defaults["match_weight"])
+        p.add_argument("--ground-weight", type=float, default=defaults["ground_weight"])
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"],
+                   default=defaults["mixed_precision"])
+    p.add_argument("--checkpoint-every", type=int, default=defaults["checkpoint_every"])
+    p.add_argument("--keep-checkpoints", type=int, default=defaults["keep_checkpoints"],
+                   metavar="N", help=f"newest checkpoints kept (default "
+                   f"{defaults['keep_checkpoints']}); 0 keeps all, for `dpt report`'s curve "
+                   "against training steps")
     p.add_argument("--resume", choices=["latest", "no"], default="latest",
                    help="continue from the run folder's latest checkpoint (default) or start over")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=defaults["seed"])
     p.add_argument("--tensorboard", action="store_true", help="log losses to <run-dir>/logs")
+    _data_arguments(p)
+    add_threads_argument(p)
+
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("real data (default: the Shapes world)")
     data.add_argument("--coco-captions", type=Path, metavar="JSON", help="captions_*.json")
     data.add_argument("--coco-images", type=Path, metavar="DIR", help="its image folder")
-    data.add_argument("--refcoco-refs", type=Path, metavar="PICKLE", help="refs(unc).p / refs(umd).p")
+    data.add_argument("--refcoco-refs", type=Path, metavar="PICKLE",
+                      help="refs(unc).p / refs(umd).p")
     data.add_argument("--refcoco-instances", type=Path, metavar="JSON", help="instances.json")
     data.add_argument("--resolution", type=int, default=None,
                       help="image side fed to the VAE (default: the U-Net's sample size x 8)")
-    add_threads_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,69 +158,43 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(args: argparse.Namespace):
-    from ..training.settings import TrainSettings
-
-    for name in ("steps", "batch", "grad_accum", "checkpoint_every"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.keep_checkpoints < 0:
-        raise UsageError(f"--keep-checkpoints must be >= 0, got {args.keep_checkpoints}")
-    for name in ("lr", "match_weight", "ground_weight", "lora_lr", "mse_weight", "hn_weight",
-                 "hn_clip"):
-        value = getattr(args, name, 0.0)
-        if not math.isfinite(value) or value < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
-    if not 0 <= args.t_min < args.t_max <= 1000:
-        raise UsageError(f"need 0 <= --t-min < --t-max <= 1000, got {args.t_min} and {args.t_max}")
+def _settings(args: argparse.Namespace) -> TrainSettings:
+    """TrainSettings of the flags (it checks them); --tensorboard needs its package."""
+    settings = settings_from_args(TrainSettings, args,
+                                  log_with="tensorboard" if args.tensorboard else None)
     if args.tensorboard:
         try:
             import tensorboard  # noqa: F401
         except ImportError:
-            raise UsageError("--tensorboard needs the tensorboard package: "
+            raise ValueError("--tensorboard needs the tensorboard package: "
                              "pip install tensorboard") from None
-    return TrainSettings(
-        stage=args.stage, steps=args.steps, batch=args.batch, grad_accum=args.grad_accum,
-        lr=getattr(args, "lr", 0.0), lora_lr=getattr(args, "lora_lr", 1e-4), t_min=args.t_min,
-        t_max=args.t_max, match_weight=getattr(args, "match_weight", 0.0),
-        ground_weight=getattr(args, "ground_weight", 0.0),
-        mse_weight=getattr(args, "mse_weight", 0.0), hn_weight=getattr(args, "hn_weight", 1.0),
-        hn_clip=getattr(args, "hn_clip", 1.0), mixed_precision=args.mixed_precision,
-        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-        seed=args.seed,
-        log_with="tensorboard" if args.tensorboard else None)
+    return settings
 
 
 def _dpt_config(args: argparse.Namespace, bundle):
     """The DPT config of the run, and the heads to start from (stage 2)."""
     from ..io.dpt_folder import load_dpt
-    from ..model.adapter import AdapterConfig
-    from ..model.config import DPTConfig
     from ..model.features import block_channels, block_names
-    from ..model.lora import LoraSettings
 
-    if args.stage != "probe" and args.lora_rank < 1:
-        raise UsageError(f"--lora-rank must be >= 1, got {args.lora_rank}")
     if args.stage == "hn-itm":  # LoRA only; the block is never read
-        return DPTConfig(adapter=None, lora=LoraSettings(
-            rank=args.lora_rank, alpha=float(args.lora_rank), targets=args.lora_targets)), None
+        return DPTConfig(adapter=None, lora=_lora(args)), None
     if args.stage == "tune":
+        lora = _lora(args)
         try:
             heads, config = load_dpt(args.init)
-        except ValueError as err:
-            raise UsageError(f"--init: {err}") from None
+        except ValueError as err:  # the folder's problem, named by the flag that gave it
+            raise ValueError(f"--init: {err}") from None
         if config.lora is not None:
-            raise UsageError(f"--init {args.init} already holds LoRA weights (a tune run's "
+            raise ValueError(f"--init {args.init} already holds LoRA weights (a tune run's "
                              "output); give a probe run's final/ folder")
         _check_fits(config, bundle, f"--init {args.init}")
-        config.lora = LoraSettings(rank=args.lora_rank, alpha=float(args.lora_rank),
-                                   targets=args.lora_targets)
+        config.lora = lora
         return config, heads
     names = block_names(bundle.unet)
     if args.block not in names:
-        raise UsageError(f"unknown --block {args.block!r}; this U-Net has {', '.join(names)}")
+        raise ValueError(f"unknown --block {args.block!r}; this U-Net has {', '.join(names)}")
     if args.d_model < 8 or args.ground_queries < 1:
-        raise UsageError("--d-model must be >= 8 and --ground-queries >= 1")
+        raise ValueError("--d-model must be >= 8 and --ground-queries >= 1")
     adapter = AdapterConfig(
         feature_dim=block_channels(bundle.unet, args.block),
         text_dim=bundle.text_encoder.config.hidden_size, d_model=args.d_model,
@@ -203,6 +204,15 @@ def _dpt_config(args: argparse.Namespace, bundle):
         match_text=args.match_text)
     return DPTConfig(block=args.block, condition=args.condition,
                      ground_condition=args.ground_condition, adapter=adapter), None
+
+
+def _lora(args: argparse.Namespace) -> LoraSettings:
+    """LoRA of --lora-rank and --lora-targets; alpha = rank, so the update enters at scale 1."""
+    try:
+        return LoraSettings(rank=args.lora_rank, alpha=float(args.lora_rank),
+                            targets=args.lora_targets)
+    except ValueError as err:  # argparse already limits --lora-targets to its choices
+        raise ValueError(f"--lora-rank: {err}") from None
 
 
 def image_side(bundle, args: argparse.Namespace) -> int:
@@ -225,9 +235,9 @@ def _check_fits(config, bundle, what: str) -> None:
     want = block_channels(bundle.unet, config.block)
     text = bundle.text_encoder.config.hidden_size
     if config.adapter.feature_dim != want or config.adapter.text_dim != text:
-        raise UsageError(f"{what} was trained for another model: it reads {config.block} with "
-                         f"{config.adapter.feature_dim} channels and {config.adapter.text_dim}-wide "
-                         f"text; this model has {want} and {text}")
+        raise ValueError(f"{what} was trained for another model: it reads {config.block} with "
+                         f"{config.adapter.feature_dim} channels and "
+                         f"{config.adapter.text_dim}-wide text; this model has {want} and {text}")
 
 
 def _source(args: argparse.Namespace, bundle, settings):
@@ -235,13 +245,13 @@ def _source(args: argparse.Namespace, bundle, settings):
 
     if args.coco_captions is None and args.coco_images is None:
         if args.refcoco_refs or args.refcoco_instances:
-            raise UsageError("RefCOCO files need --coco-captions and --coco-images too "
+            raise ValueError("RefCOCO files need --coco-captions and --coco-images too "
                              "(captions give the matching objective its texts)")
         return ShapesSource(seed=settings.seed, n_negatives=settings.n_negatives)
     if args.coco_captions is None or args.coco_images is None:
-        raise UsageError("give both --coco-captions and --coco-images")
+        raise ValueError("give both --coco-captions and --coco-images")
     if (args.refcoco_refs is None) != (args.refcoco_instances is None):
-        raise UsageError("give both --refcoco-refs and --refcoco-instances, or neither")
+        raise ValueError("give both --refcoco-refs and --refcoco-instances, or neither")
     from ..data.coco import read_coco_captions
     from ..data.real import RealDPTData
     from ..data.refcoco import read_refcoco
@@ -265,9 +275,10 @@ def _check_run_folder(run_dir: Path, model: Path, config, settings, resume: bool
         old = json.loads(file.read_text())
         diff = [k for k in ("model", "dpt", "settings") if old.get(k) != record[k]]
         if diff:
-            keys = [f"{k}.{kk}" for k in diff for kk in (record[k] if isinstance(record[k], dict) else [""])
+            keys = [f"{k}.{kk}" for k in diff
+                    for kk in (record[k] if isinstance(record[k], dict) else [""])
                     if not isinstance(record[k], dict) or old.get(k, {}).get(kk) != record[k][kk]]
-            raise UsageError(f"{run_dir} holds a different run ({', '.join(keys)} differ); "
+            raise ValueError(f"{run_dir} holds a different run ({', '.join(keys)} differ); "
                              "use another --run-dir or --resume no to start over")
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     file.write_text(json.dumps(record, indent=1))

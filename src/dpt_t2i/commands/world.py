@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import UsageError
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     world = sub.add_parser("world", help="train and assemble the embedded Shapes model")
@@ -31,14 +29,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(clip, steps=1000, batch=128, lr=1e-3)
     clip.set_defaults(run=_train_clip)
 
-    unet = stages.add_parser("train-unet", help="train the U-Net on the frozen VAE and text encoder")
+    unet = stages.add_parser("train-unet",
+                             help="train the U-Net on the frozen VAE and text encoder")
     _common(unet, steps=8000, batch=64, lr=3e-4)
-    unet.add_argument("--vae", type=Path, required=True, help="trained VAE folder (train-vae's final/)")
-    unet.add_argument("--clip", type=Path, required=True, help="trained CLIP folder (train-clip's final/)")
+    unet.add_argument("--vae", type=Path, required=True,
+                      help="trained VAE folder (train-vae's final/)")
+    unet.add_argument("--clip", type=Path, required=True,
+                      help="trained CLIP folder (train-clip's final/)")
     unet.add_argument("--pool-size", type=int, default=60000, help="training scenes encoded once")
     unet.set_defaults(run=_train_unet)
 
-    asm = stages.add_parser("assemble", help="write the trained parts as one fp16 diffusers folder")
+    asm = stages.add_parser("assemble",
+                            help="write the trained parts as one fp16 diffusers folder")
     asm.add_argument("--vae", type=Path, required=True, help="train-vae's final/ folder")
     asm.add_argument("--clip", type=Path, required=True, help="train-clip's final/ folder")
     asm.add_argument("--unet", type=Path, required=True, help="train-unet's final/ folder")
@@ -112,7 +114,7 @@ def _assemble(args: argparse.Namespace) -> int:
 
     for flag, path in (("--vae", args.vae), ("--clip", args.clip), ("--unet", args.unet)):
         if not (path / "config.json").is_file():
-            raise UsageError(f"{flag} {path} has no config.json; expected a trained final/ folder")
+            raise ValueError(f"{flag} {path} has no config.json; expected a trained final/ folder")
     out = assemble(args.vae, args.clip, args.unet, args.out, args.clip_out)
     runs = {name: json.loads((p.parent / "summary.json").read_text())
             for name, p in (("vae", args.vae), ("clip", args.clip), ("unet", args.unet))
@@ -128,6 +130,6 @@ def _ship_dpt(args: argparse.Namespace) -> int:
     try:
         out = half_copy(args.dpt, args.out)
     except ValueError as err:
-        raise UsageError(f"--dpt: {err}") from None
+        raise ValueError(f"--dpt: {err}") from None
     print(f"wrote {out}")
     return 0

@@ -2,7 +2,7 @@
 
 Each reader returns the set's prompts in file order as `BenchmarkPrompt(text, metadata)`;
 `metadata["benchmark"]` names the set and the rest locates the prompt in its file. A file
-that cannot be used is a UsageError naming the file, the line and what was expected.
+that cannot be used is a ValueError naming the file, the line and what was expected.
 
 The formats, as their authors publish them:
 
@@ -38,7 +38,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
 from ..io.image_folder import INDEX, check_output_folder, read_index, staging_folder
 
 BENCHMARKS = ("cc-500", "abc-6k", "coco-nss1k", "t2i-compbench", "geneval")
@@ -65,7 +64,7 @@ def read_benchmark(name: str, path: str | Path) -> list[BenchmarkPrompt]:
     readers = {"cc-500": read_cc500, "abc-6k": read_abc6k, "coco-nss1k": read_coco_nss1k,
                "t2i-compbench": read_t2i_compbench, "geneval": read_geneval}
     if name not in readers:
-        raise UsageError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}")
+        raise ValueError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}")
     return readers[name](Path(path))
 
 
@@ -98,14 +97,15 @@ def read_t2i_compbench(path: str | Path) -> list[BenchmarkPrompt]:
         files = [path / f"{c}_val.txt" for c in COMPBENCH_CATEGORIES
                  if (path / f"{c}_val.txt").exists()]
         if not files:
-            raise UsageError(f"T2I-CompBench folder {path} has no prompt file; expected {expected}")
+            raise ValueError(f"T2I-CompBench folder {path} has no prompt file; "
+                             f"expected {expected}")
     else:
         files = [path]
     prompts = []
     for file in files:
         category = file.name[:-len("_val.txt")] if file.name.endswith("_val.txt") else None
         if category not in COMPBENCH_CATEGORIES:
-            raise UsageError(f"T2I-CompBench file {file} is not named for a category; expected "
+            raise ValueError(f"T2I-CompBench file {file} is not named for a category; expected "
                              f"{expected}")
         prompts += [BenchmarkPrompt(text, {"benchmark": "t2i-compbench", "category": category,
                                            "line": n})
@@ -127,7 +127,7 @@ def read_coco_nss1k(path: str | Path) -> list[BenchmarkPrompt]:
     if path.is_dir():
         files = [path / name for name in NSS_FILES if (path / name).exists()]
         if not files:
-            raise UsageError(f"COCO-NSS1K folder {path} has none of {', '.join(NSS_FILES)}; "
+            raise ValueError(f"COCO-NSS1K folder {path} has none of {', '.join(NSS_FILES)}; "
                              "expected LayoutLLM-T2I's data/ folder, or pass one JSON file "
                              "(five_category.json holds the whole set)")
     else:
@@ -136,11 +136,11 @@ def read_coco_nss1k(path: str | Path) -> list[BenchmarkPrompt]:
     for file in files:
         entries = _load_json(file, "COCO-NSS1K", NSS)
         if not isinstance(entries, list) or not entries:
-            raise UsageError(f"COCO-NSS1K file {file} holds no list of entries; expected {NSS}")
+            raise ValueError(f"COCO-NSS1K file {file} holds no list of entries; expected {NSS}")
         for i, entry in enumerate(entries):
             text = entry.get("captions") if isinstance(entry, dict) else None
             if not isinstance(text, str) or not text.strip():
-                raise UsageError(f"COCO-NSS1K file {file} entry {i} has no \"captions\" text; "
+                raise ValueError(f"COCO-NSS1K file {file} entry {i} has no \"captions\" text; "
                                  f"expected {NSS}")
             prompts.append(BenchmarkPrompt(text.strip(), {
                 "benchmark": "coco-nss1k", "category": NSS_FILES.get(file.name), "index": i,
@@ -162,48 +162,48 @@ def read_geneval(path: str | Path) -> list[BenchmarkPrompt]:
         try:
             item = json.loads(line)
         except json.JSONDecodeError as err:
-            raise UsageError(f"GenEval file {path} line {n} is not JSON ({err.msg}); expected "
+            raise ValueError(f"GenEval file {path} line {n} is not JSON ({err.msg}); expected "
                              f"{GENEVAL}") from None
         if not isinstance(item, dict):
-            raise UsageError(f"GenEval file {path} line {n} is not a JSON object; expected "
+            raise ValueError(f"GenEval file {path} line {n} is not a JSON object; expected "
                              f"{GENEVAL}")
         for key in ("prompt", "tag"):
             if not isinstance(item.get(key), str) or not item[key].strip():
-                raise UsageError(f"GenEval file {path} line {n} has no \"{key}\" text; "
+                raise ValueError(f"GenEval file {path} line {n} has no \"{key}\" text; "
                                  f"expected {GENEVAL}")
         prompts.append(BenchmarkPrompt(item["prompt"].strip(),
                                        {"benchmark": "geneval", "geneval": item}))
     if not prompts:
-        raise UsageError(f"GenEval file {path} has no prompts; expected {GENEVAL}")
+        raise ValueError(f"GenEval file {path} has no prompts; expected {GENEVAL}")
     return prompts
 
 
 def _read_text(path: Path, what: str, expected: str) -> str:
-    """The file's text; UsageError if it is missing, unreadable or not UTF-8 (naming the line)."""
+    """The file's text; ValueError if it is missing, unreadable or not UTF-8 (naming the line)."""
     if not path.exists():
-        raise UsageError(f"{what} file {path} does not exist; expected {expected}")
+        raise ValueError(f"{what} file {path} does not exist; expected {expected}")
     if not path.is_file():
-        raise UsageError(f"{what} file {path} is not a file; expected {expected}")
+        raise ValueError(f"{what} file {path} is not a file; expected {expected}")
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise UsageError(f"cannot read {what} file {path} ({err.strerror or err}); expected "
+        raise ValueError(f"cannot read {what} file {path} ({err.strerror or err}); expected "
                          f"{expected}") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        raise UsageError(f"{what} file {path} line {line} is not UTF-8 (byte {err.start}); "
+        raise ValueError(f"{what} file {path} line {line} is not UTF-8 (byte {err.start}); "
                          f"expected {expected}") from None
 
 
 def _prompt_lines(path: Path, what: str) -> list[tuple[int, str]]:
-    """(line number, stripped prompt) for each non-blank line; UsageError if there are none."""
+    """(line number, stripped prompt) for each non-blank line; ValueError if there are none."""
     text = _read_text(path, what, LINES)
     lines = [(n, line.strip()) for n, line in enumerate(text.split("\n"), start=1)
              if line.strip()]
     if not lines:
-        raise UsageError(f"{what} file {path} has no prompts; expected {LINES}")
+        raise ValueError(f"{what} file {path} has no prompts; expected {LINES}")
     return lines
 
 
@@ -211,7 +211,7 @@ def _load_json(path: Path, what: str, expected: str):
     try:
         return json.loads(_read_text(path, what, expected))
     except json.JSONDecodeError as err:
-        raise UsageError(f"{what} file {path} line {err.lineno} is not JSON ({err.msg}); "
+        raise ValueError(f"{what} file {path} line {err.lineno} is not JSON ({err.msg}); "
                          f"expected {expected}") from None
 
 
@@ -224,12 +224,12 @@ def check_geneval_out(out: str | Path, overwrite: bool = False) -> Path:
     """Check that `out` can receive a GenEval layout: new or empty, or `overwrite` given.
 
     Returns:
-        `out`, resolved. Raises UsageError for a file, a non-empty folder without
+        `out`, resolved. Raises ValueError for a file, a non-empty folder without
         `overwrite`, or a place no file can be written.
     """
     out = check_output_folder(out, [], overwrite=True)  # a folder, and writable
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"GenEval folder {out} is not empty; pass --overwrite to replace its "
+        raise ValueError(f"GenEval folder {out} is not empty; pass --overwrite to replace its "
                          "prompt folders, or choose a new folder")
     return out
 
@@ -258,11 +258,11 @@ def write_geneval_layout(folder: str | Path, out: str | Path, overwrite: bool = 
         meta, p = record["benchmark"], record["prompt_index"]
         if not (isinstance(meta, dict) and isinstance(meta.get("geneval"), dict)
                 and isinstance(p, int) and p >= 0):
-            raise UsageError(f"{folder / INDEX} record {n} has no GenEval metadata; expected a "
+            raise ValueError(f"{folder / INDEX} record {n} has no GenEval metadata; expected a "
                              "folder written by `dpt generate --benchmark geneval`")
         image = folder / str(record["file"])
         if not image.is_file():
-            raise UsageError(f"{folder / INDEX} record {n} names {image.name}, which is missing; "
+            raise ValueError(f"{folder / INDEX} record {n} names {image.name}, which is missing; "
                              "expected the images the index names")
         prompts.setdefault(p, (meta["geneval"], []))[1].append(image)
     out = check_geneval_out(out, overwrite)

@@ -15,8 +15,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
-
 
 @dataclass
 class CocoImage:
@@ -43,21 +41,21 @@ def load_json(path: Path, what: str) -> dict:
         what: what the file should be, for error messages (e.g. "COCO captions file").
 
     Raises:
-        UsageError: the file is missing, unreadable, not JSON or not a JSON object.
+        ValueError: the file is missing, unreadable, not JSON or not a JSON object.
     """
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"{what} {path} does not exist or is not a file")
+        raise ValueError(f"{what} {path} does not exist or is not a file")
     try:
         with open(path, "rb") as f:
             data = json.load(f)
     except OSError as err:
-        raise UsageError(f"cannot read {what} {path}: {err.strerror or err}") from None
+        raise ValueError(f"cannot read {what} {path}: {err.strerror or err}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{what} {path} is not valid JSON ({err}); expected a COCO-format "
+        raise ValueError(f"{what} {path} is not valid JSON ({err}); expected a COCO-format "
                          "annotation file") from None
     if not isinstance(data, dict):
-        raise UsageError(f"{what} {path} holds a JSON {type(data).__name__}; expected an "
+        raise ValueError(f"{what} {path} holds a JSON {type(data).__name__}; expected an "
                          "object with 'images' and 'annotations'")
     return data
 
@@ -66,18 +64,18 @@ def entries(data: dict, key: str, path: Path) -> list[dict]:
     """The list `data[key]`, every element an object.
 
     Raises:
-        UsageError: naming `path` and `key` when the key is missing, not a list, or holds a
+        ValueError: naming `path` and `key` when the key is missing, not a list, or holds a
             non-object.
     """
     if key not in data:
-        raise UsageError(f"{path} has no top-level key '{key}'; expected a COCO-format file "
+        raise ValueError(f"{path} has no top-level key '{key}'; expected a COCO-format file "
                          f"with keys 'images' and 'annotations' (it has {sorted(data)})")
     items = data[key]
     if not isinstance(items, list):
-        raise UsageError(f"{path}: '{key}' is a {type(items).__name__}; expected a list")
+        raise ValueError(f"{path}: '{key}' is a {type(items).__name__}; expected a list")
     for i, item in enumerate(items):
         if not isinstance(item, dict):
-            raise UsageError(f"{path}: {key}[{i}] is a {type(item).__name__}; expected an object")
+            raise ValueError(f"{path}: {key}[{i}] is a {type(item).__name__}; expected an object")
     return items
 
 
@@ -88,11 +86,11 @@ def field(entry: dict, key: str, kind: type | tuple[type, ...], path: Path, wher
         where: the entry's place for messages, e.g. "annotations[3] (id 17)".
     """
     if key not in entry:
-        raise UsageError(f"{path}: {where} has no key '{key}'")
+        raise ValueError(f"{path}: {where} has no key '{key}'")
     value = entry[key]
     if isinstance(value, bool) or not isinstance(value, kind):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise UsageError(f"{path}: {where} has {key}={value!r}; expected {names}")
+        raise ValueError(f"{path}: {where} has {key}={value!r}; expected {names}")
     return value
 
 
@@ -109,7 +107,7 @@ def read_image_table(data: dict, path: Path, image_dir: Path) -> dict[int, CocoI
         image_dir: the folder the `file_name`s are relative to.
 
     Raises:
-        UsageError: an entry lacks id/file_name/width/height, has a non-positive size, or
+        ValueError: an entry lacks id/file_name/width/height, has a non-positive size, or
             repeats an id.
     """
     table: dict[int, CocoImage] = {}
@@ -120,10 +118,10 @@ def read_image_table(data: dict, path: Path, image_dir: Path) -> dict[int, CocoI
         width = field(entry, "width", int, path, where)
         height = field(entry, "height", int, path, where)
         if width <= 0 or height <= 0:
-            raise UsageError(f"{path}: {where} has size {width}x{height}; expected positive "
+            raise ValueError(f"{path}: {where} has size {width}x{height}; expected positive "
                              "width and height in pixels")
         if image_id in table:
-            raise UsageError(f"{path}: {where} repeats image id {image_id}")
+            raise ValueError(f"{path}: {where} repeats image id {image_id}")
         table[image_id] = CocoImage(image_id, Path(image_dir) / file_name, width, height)
     return table
 
@@ -140,7 +138,7 @@ def read_coco_captions(captions_json: str | Path, image_dir: str | Path) -> list
         Captions are stripped of surrounding white space.
 
     Raises:
-        UsageError: the file is missing or not JSON, a top-level key or an entry's key is
+        ValueError: the file is missing or not JSON, a top-level key or an entry's key is
             missing or of the wrong type (naming the file, key and entry), or a caption names
             an image id the file does not list.
     """
@@ -153,7 +151,7 @@ def read_coco_captions(captions_json: str | Path, image_dir: str | Path) -> list
         image_id = field(entry, "image_id", int, path, where)
         caption = field(entry, "caption", str, path, where).strip()
         if image_id not in captions:
-            raise UsageError(f"{path}: {where} has image_id {image_id}, which is not in "
+            raise ValueError(f"{path}: {where} has image_id {image_id}, which is not in "
                              "'images'")
         if caption:
             captions[image_id].append(caption)

@@ -16,7 +16,6 @@ from typing import Iterator, NamedTuple
 import numpy as np
 from PIL import Image
 
-from ..errors import UsageError
 from .coco import CaptionedImage
 from .refcoco import RefItem
 from .samples import DPTSample
@@ -42,7 +41,7 @@ def load_rgb(path: Path, resolution: int) -> np.ndarray | None:
 
 def _check_resolution(resolution: int) -> None:
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution <= 0:
-        raise UsageError(f"resolution must be a positive number of pixels, got {resolution!r}")
+        raise ValueError(f"resolution must be a positive number of pixels, got {resolution!r}")
 
 
 class RealDPTData:
@@ -66,10 +65,10 @@ class RealDPTData:
                  resolution: int, n_negatives: int = 3, seed: int = 0):
         _check_resolution(resolution)
         if len(captioned) < 2:
-            raise UsageError(f"got {len(captioned)} captioned image(s); expected at least 2 "
+            raise ValueError(f"got {len(captioned)} captioned image(s); expected at least 2 "
                              "(other images' captions are the negatives of last resort)")
         if n_negatives < 1:
-            raise UsageError(f"n_negatives must be >= 1, got {n_negatives}")
+            raise ValueError(f"n_negatives must be >= 1, got {n_negatives}")
         self.items = list(captioned)
         self.resolution, self.n_negatives, self.seed = resolution, n_negatives, seed
         sizes = {item.image_id: (item.width, item.height) for item in self.items}
@@ -78,7 +77,7 @@ class RealDPTData:
             if ref.image_id not in sizes:
                 continue
             if sizes[ref.image_id] != (ref.width, ref.height):
-                raise UsageError(f"ref {ref.ref_id} is on image {ref.image_id} of size "
+                raise ValueError(f"ref {ref.ref_id} is on image {ref.image_id} of size "
                                  f"{ref.width}x{ref.height}, but the captions file gives it "
                                  f"{sizes[ref.image_id][0]}x{sizes[ref.image_id][1]}; "
                                  "expected the same image in both")
@@ -131,7 +130,7 @@ class RealDPTData:
                 if len(out) == self.n_negatives:
                     break
         if not out:
-            raise UsageError(f"no caption of another image differs from {caption!r}; expected "
+            raise ValueError(f"no caption of another image differs from {caption!r}; expected "
                              "captions that tell the images apart")
         return out
 

@@ -21,7 +21,6 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
 from .coco import entries, field, load_json, read_image_table
 
 BOX_TOLERANCE = 1.0  # pixels a box may stick out of its image (COCO boxes are float-rounded)
@@ -39,7 +38,7 @@ class RefItem:
     height: int
 
 
-class ForbiddenGlobal(UsageError):
+class ForbiddenGlobal(ValueError):
     """A pickle asked for a global (function or class); loading it could run code."""
 
 
@@ -67,15 +66,15 @@ def load_refs_pickle(path: str | Path) -> list[dict]:
 
     Raises:
         ForbiddenGlobal: the pickle names a global (nothing it names is imported or run).
-        UsageError: the file is missing, not a pickle, or not a list of dicts.
+        ValueError: the file is missing, not a pickle, or not a list of dicts.
     """
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"refs file {path} does not exist or is not a file")
+        raise ValueError(f"refs file {path} does not exist or is not a file")
     try:
         raw = path.read_bytes()
     except OSError as err:
-        raise UsageError(f"cannot read refs file {path}: {err.strerror or err}") from None
+        raise ValueError(f"cannot read refs file {path}: {err.strerror or err}") from None
     try:
         try:
             refs = _DataOnlyUnpickler(io.BytesIO(raw), path).load()
@@ -84,14 +83,14 @@ def load_refs_pickle(path: str | Path) -> list[dict]:
     except ForbiddenGlobal:
         raise
     except Exception as err:  # a broken pickle can raise almost anything
-        raise UsageError(f"refs file {path} is not a readable pickle ({type(err).__name__}: "
+        raise ValueError(f"refs file {path} is not a readable pickle ({type(err).__name__}: "
                          f"{err}); expected the refs(unc).p / refs(umd).p of RefCOCO") from None
     if not isinstance(refs, list):
-        raise UsageError(f"refs file {path} holds a {type(refs).__name__}; expected a list of "
+        raise ValueError(f"refs file {path} holds a {type(refs).__name__}; expected a list of "
                          "ref dicts")
     for i, ref in enumerate(refs):
         if not isinstance(ref, dict):
-            raise UsageError(f"refs file {path}: entry {i} is a {type(ref).__name__}; "
+            raise ValueError(f"refs file {path}: entry {i} is a {type(ref).__name__}; "
                              "expected a dict")
     return refs
 
@@ -100,7 +99,7 @@ def _sentences(ref: dict, path: Path, where: str) -> list[str]:
     out = []
     for j, sentence in enumerate(field(ref, "sentences", list, path, where)):
         if not isinstance(sentence, dict):
-            raise UsageError(f"{path}: {where} sentences[{j}] is a "
+            raise ValueError(f"{path}: {where} sentences[{j}] is a "
                              f"{type(sentence).__name__}; expected a dict with 'sent'")
         text = field(sentence, "sent", str, path, f"{where} sentences[{j}]").strip()
         if text:
@@ -115,19 +114,19 @@ def normalised_box(bbox: list, width: int, height: int,
     A box sticking out of the image by at most BOX_TOLERANCE pixels is clipped to it.
 
     Raises:
-        UsageError: naming `where`, the box and the image size, when the box is not four
+        ValueError: naming `where`, the box and the image size, when the box is not four
             numbers, is empty (w <= 0 or h <= 0) or lies further outside the image.
     """
     if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
-        raise UsageError(f"{where} has bbox {bbox!r}; expected [x, y, w, h] in pixels")
+        raise ValueError(f"{where} has bbox {bbox!r}; expected [x, y, w, h] in pixels")
     x, y, w, h = (float(v) for v in bbox)
     t = BOX_TOLERANCE
     x0, y0 = max(x, 0.0), max(y, 0.0)
     x1, y1 = min(x + w, float(width)), min(y + h, float(height))
     if (w <= 0 or h <= 0 or x < -t or y < -t or x + w > width + t or y + h > height + t
             or x1 <= x0 or y1 <= y0):
-        raise UsageError(f"{where} has bbox [x, y, w, h] = {list(bbox)} outside its "
+        raise ValueError(f"{where} has bbox [x, y, w, h] = {list(bbox)} outside its "
                          f"{width}x{height} image; expected a non-empty box inside the image")
     return ((x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height)
 
@@ -158,13 +157,13 @@ def read_refcoco(refs_path: str | Path, instances_path: str | Path, image_dir: s
         cxcywh normalised by the image's width and height.
 
     Raises:
-        UsageError: a file is unreadable or malformed (see `load_refs_pickle`, `load_json`),
+        ValueError: a file is unreadable or malformed (see `load_refs_pickle`, `load_json`),
             a ref's ann_id or image_id is not in the instances file, its box lies outside its
             image (naming the ref id, box and image size), or a requested split occurs in no
             ref (listing the splits present).
     """
     if isinstance(splits, str):
-        raise UsageError(f"splits must be a set of split names such as {{'val'}}, got the "
+        raise ValueError(f"splits must be a set of split names such as {{'val'}}, got the "
                          f"string {splits!r}")
     refs_path, instances_path = Path(refs_path), Path(instances_path)
     raw_refs = load_refs_pickle(refs_path)
@@ -174,7 +173,7 @@ def read_refcoco(refs_path: str | Path, instances_path: str | Path, image_dir: s
     present = {field(ref, "split", str, refs_path, f"ref entry {i}")
                for i, ref in enumerate(raw_refs)}
     if splits is not None and not set(splits) <= present:
-        raise UsageError(f"{refs_path} has no ref in split(s) {sorted(set(splits) - present)}; "
+        raise ValueError(f"{refs_path} has no ref in split(s) {sorted(set(splits) - present)}; "
                          f"the splits present are {sorted(present)}")
     items = []
     for i, ref in enumerate(raw_refs):
@@ -185,13 +184,13 @@ def read_refcoco(refs_path: str | Path, instances_path: str | Path, image_dir: s
         ann_id = field(ref, "ann_id", int, refs_path, f"ref {ref_id}")
         image_id = field(ref, "image_id", int, refs_path, f"ref {ref_id}")
         if ann_id not in boxes:
-            raise UsageError(f"{where} has ann_id {ann_id}, which is not in {instances_path}")
+            raise ValueError(f"{where} has ann_id {ann_id}, which is not in {instances_path}")
         ann_image, bbox = boxes[ann_id]
         if ann_image != image_id:
-            raise UsageError(f"{where} has image_id {image_id}, but its annotation {ann_id} is "
+            raise ValueError(f"{where} has image_id {image_id}, but its annotation {ann_id} is "
                              f"on image {ann_image} in {instances_path}")
         if image_id not in images:
-            raise UsageError(f"{where} has image_id {image_id}, which is not in the 'images' "
+            raise ValueError(f"{where} has image_id {image_id}, which is not in the 'images' "
                              f"of {instances_path}")
         sentences = _sentences(ref, refs_path, f"ref {ref_id}")
         if not sentences:

@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 from ..data.shapes.grammar import FAMILIES, Prompt, PromptError, parse_prompt
 from ..data.shapes.judge import judge
 from ..data.shapes.splits import is_ood
-from ..errors import UsageError
 from ..io.image_folder import read_index
 
 
@@ -43,7 +42,7 @@ def _checked_prompt(folder: Path, record: dict) -> Prompt:
     try:
         prompt = parse_prompt(record["prompt"])
     except PromptError as err:
-        raise UsageError(f"{folder / 'index.jsonl'}: {_not_shapes(record, err)}") from None
+        raise ValueError(f"{folder / 'index.jsonl'}: {_not_shapes(record, err)}") from None
     _check_file(folder, record)
     return prompt
 
@@ -54,7 +53,7 @@ def _not_shapes(record: dict, err: PromptError) -> str:
 
 def _check_file(folder: Path, record: dict) -> None:
     if not (folder / record["file"]).is_file():
-        raise UsageError(f"{folder / 'index.jsonl'} names {record['file']}, which is missing")
+        raise ValueError(f"{folder / 'index.jsonl'} names {record['file']}, which is missing")
 
 
 def unjudged_folders(folders: list[Path]) -> dict[Path, tuple[str, list[dict]]]:

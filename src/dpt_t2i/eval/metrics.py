@@ -1,4 +1,4 @@
-"""Standard text-to-image metrics through torchmetrics, from local weights only: CLIPScore, FID, IS.
+"""Standard text-to-image metrics through torchmetrics, from local weights: CLIPScore, FID, IS.
 
 - CLIPScore (`torchmetrics.multimodal.CLIPScore`): 100 * cos(image embedding, prompt
   embedding) of a local transformers CLIP folder, averaged over a group's images; torchmetrics
@@ -14,7 +14,7 @@
   computing in float64 and in its splits: min(10, N // 50), at least 1, drawn with seed 0.
 
 Nothing is downloaded: every model loads from a path the caller gives (`local_files_only`),
-and a missing or wrong path is a UsageError naming it. torchmetrics is imported only here
+and a missing or wrong path is a ValueError naming it. torchmetrics is imported only here
 and only when a metric is asked for (the `metrics` extra). Everything runs on the CPU.
 """
 
@@ -30,7 +30,6 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import UsageError
 from .inception import WEIGHTS_NAME, InceptionV3, load_inception
 
 INSTALL = "pip install 'dpt-t2i[metrics]'"
@@ -59,25 +58,22 @@ def load_metric_models(clip_model: Path | None = None, inception_weights: Path |
         fid_reference: a folder of reference PNG/JPG images for FID (needs inception_weights).
 
     Raises:
-        UsageError: torchmetrics is not installed, or a path is missing or not what it should be.
+        ValueError: torchmetrics is not installed, or a path is missing or not what it should be.
     """
     try:
         import torchmetrics  # noqa: F401
     except ImportError:
-        raise UsageError(f"CLIPScore, FID and IS need torchmetrics, which is not installed: "
+        raise ValueError(f"CLIPScore, FID and IS need torchmetrics, which is not installed: "
                          f"{INSTALL}") from None
     if fid_reference is not None and inception_weights is None:
-        raise UsageError(f"FID against {fid_reference} needs the Inception weights too "
+        raise ValueError(f"FID against {fid_reference} needs the Inception weights too "
                          f"(--inception-weights PATH to torch-fidelity's {WEIGHTS_NAME}); "
                          "nothing is downloaded")
     models = MetricModels()
     if clip_model is not None:
         models.clip = _clip_scorer(Path(clip_model))
     if inception_weights is not None:
-        try:
-            models.inception = load_inception(inception_weights)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
+        models.inception = load_inception(inception_weights)
     if fid_reference is not None:
         models.reference = reference_images(Path(fid_reference))
     return models
@@ -93,7 +89,7 @@ def _clip_scorer(folder: Path) -> nn.Module:
                 "CLIPProcessor.save_pretrained write it (config.json, the weights, the tokenizer "
                 "files and preprocessor_config.json)")
     if not folder.is_dir():
-        raise UsageError(f"CLIP model folder {folder} does not exist; {expected}")
+        raise ValueError(f"CLIP model folder {folder} does not exist; {expected}")
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # our one-line error replaces transformers' load report
     hf_logging.disable_progress_bar()
@@ -103,13 +99,14 @@ def _clip_scorer(folder: Path) -> nn.Module:
                                                 output_loading_info=True)
     except (OSError, ValueError, KeyError, TypeError) as err:
         reason = str(err).strip().split(". ")[0].splitlines()[0] or type(err).__name__
-        raise UsageError(f"cannot load a CLIP model from {folder} ({reason}); {expected}") from None
+        raise ValueError(f"cannot load a CLIP model from {folder} ({reason}); "
+                         f"{expected}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
     if info["missing_keys"]:  # e.g. a text encoder's folder: the rest would be random
-        raise UsageError(f"{folder} lacks {len(info['missing_keys'])} of CLIPModel's weights "
+        raise ValueError(f"{folder} lacks {len(info['missing_keys'])} of CLIPModel's weights "
                          f"(such as {sorted(info['missing_keys'])[0]}); {expected}")
     return CLIPScore(model_name_or_path=lambda: (_TensorFeatures(model.eval()), processor))
 
@@ -138,20 +135,20 @@ def _embedding(out) -> torch.Tensor:
 
 
 def reference_images(folder: Path) -> list[Path]:
-    """The PNG/JPG files directly in `folder`, sorted; UsageError unless >= 2 readable images."""
+    """The PNG/JPG files directly in `folder`, sorted; ValueError unless >= 2 readable images."""
     expected = "expected a folder of reference images (PNG or JPG files) for FID"
     if not folder.is_dir():
-        raise UsageError(f"FID reference folder {folder} does not exist; {expected}")
+        raise ValueError(f"FID reference folder {folder} does not exist; {expected}")
     paths = sorted(p for p in folder.iterdir()
                    if p.is_file() and p.suffix.lower() in REFERENCE_SUFFIXES)
     if len(paths) < 2:
-        raise UsageError(f"FID reference folder {folder} has {len(paths)} PNG/JPG images; "
+        raise ValueError(f"FID reference folder {folder} has {len(paths)} PNG/JPG images; "
                          f"{expected}, at least 2")
     for path in paths:
         try:
             Image.open(path).close()  # reads the header only
         except (OSError, UnidentifiedImageError):
-            raise UsageError(f"FID reference image {path} is not a readable image; "
+            raise ValueError(f"FID reference image {path} is not a readable image; "
                              f"{expected}") from None
     return paths
 

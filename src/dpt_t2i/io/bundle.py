@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import UsageError
-
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -66,26 +64,26 @@ def check_model_folder(path: str | Path) -> Path:
     """Check that `path` looks like a diffusers Stable Diffusion folder; return it resolved.
 
     Raises:
-        UsageError: one line naming the missing piece (folder, model_index.json, component).
+        ValueError: one line naming the missing piece (folder, model_index.json, component).
     """
     folder = Path(path).expanduser()
     if not folder.exists():
-        raise UsageError(f"model folder {folder} does not exist; {EXPECTED}")
+        raise ValueError(f"model folder {folder} does not exist; {EXPECTED}")
     if not folder.is_dir():
-        raise UsageError(f"model path {folder} is not a folder; {EXPECTED}")
+        raise ValueError(f"model path {folder} is not a folder; {EXPECTED}")
     index = folder / "model_index.json"
     if not index.is_file():
-        raise UsageError(f"{folder} has no model_index.json; {EXPECTED}")
+        raise ValueError(f"{folder} has no model_index.json; {EXPECTED}")
     try:
         json.loads(index.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"cannot read {index} ({_one_line(err)}); {EXPECTED}") from None
+        raise ValueError(f"cannot read {index} ({_one_line(err)}); {EXPECTED}") from None
     for name, required in COMPONENTS.items():
         sub = folder / name
         if not sub.is_dir() or not any(sub.iterdir()):
-            raise UsageError(f"{folder} has no {name}/ component; {EXPECTED}")
+            raise ValueError(f"{folder} has no {name}/ component; {EXPECTED}")
         if required is not None and not (sub / required).is_file():
-            raise UsageError(f"{folder} has no {name}/{required}; {EXPECTED}")
+            raise ValueError(f"{folder} has no {name}/{required}; {EXPECTED}")
     return folder.resolve()
 
 
@@ -101,14 +99,14 @@ def read_vocabulary(folder: str | Path) -> tuple[str, ...] | None:
     try:
         data = json.loads(marker.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"cannot read {marker} ({_one_line(err)}); {expected}") from None
+        raise ValueError(f"cannot read {marker} ({_one_line(err)}); {expected}") from None
     words = data.get("vocabulary") if isinstance(data, dict) else None
     if words is None and isinstance(data, dict):
         from ..data.shapes.grammar import vocabulary
 
         return vocabulary()
     if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-        raise UsageError(f"{marker} has no list of words; {expected}")
+        raise ValueError(f"{marker} has no list of words; {expected}")
     return tuple(words)
 
 
@@ -148,7 +146,7 @@ def _load(cls: type, folder: Path, subfolder: str, **kwargs: Any) -> Any:
         return cls.from_pretrained(folder, subfolder=subfolder, local_files_only=True, **kwargs)
     except (OSError, ValueError) as err:
         message = f"cannot load {folder}/{subfolder} ({_one_line(err)}); {EXPECTED}"
-        raise UsageError(message) from None
+        raise ValueError(message) from None
 
 
 def _one_line(err: BaseException) -> str:

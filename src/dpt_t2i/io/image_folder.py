@@ -20,8 +20,6 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from ..errors import UsageError
-
 INDEX = "index.jsonl"
 
 
@@ -38,19 +36,19 @@ def check_output_folder(out: str | Path, names: Iterable[str], overwrite: bool =
         `out`, resolved.
 
     Raises:
-        UsageError: `out` is a file, holds a run or clashing files without `overwrite`,
+        ValueError: `out` is a file, holds a run or clashing files without `overwrite`,
             or no file can be created where the run must write.
     """
     out = Path(out).expanduser().resolve()
     if out.exists() and not out.is_dir():
-        raise UsageError(f"output path {out} is a file; expected a folder to write images into")
+        raise ValueError(f"output path {out} is a file; expected a folder to write images into")
     if out.is_dir() and not overwrite:
         if (out / INDEX).exists():
-            raise UsageError(f"{out} already holds a run ({INDEX}); pass --overwrite to replace "
+            raise ValueError(f"{out} already holds a run ({INDEX}); pass --overwrite to replace "
                              "it, or choose another output folder")
         clash = next((n for n in names if (out / n).exists()), None)
         if clash is not None:
-            raise UsageError(f"{out} already has {clash}; pass --overwrite to replace it, or "
+            raise ValueError(f"{out} already has {clash}; pass --overwrite to replace it, or "
                              "choose another output folder")
     _check_writable(out.parent)
     if out.is_dir():
@@ -64,13 +62,13 @@ def _check_writable(folder: Path) -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise UsageError(f"cannot create {folder}: {existing} is a file; expected a writable "
+        raise ValueError(f"cannot create {folder}: {existing} is a file; expected a writable "
                          "output folder")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
-        raise UsageError(f"cannot write in {existing} ({err.strerror or err}); expected a "
+        raise ValueError(f"cannot write in {existing} ({err.strerror or err}); expected a "
                          "writable output folder") from None
 
 
@@ -112,7 +110,7 @@ def write_index(folder: Path, records: list[dict]) -> None:
 
 
 def read_index(folder: Path, required: tuple[str, ...] = ("file",)) -> list[dict]:
-    """The records of a folder's `index.jsonl`; UsageError naming the line if one is malformed."""
+    """The records of a folder's `index.jsonl`; ValueError naming the line if one is malformed."""
     path = Path(folder) / INDEX
     records = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -121,11 +119,11 @@ def read_index(folder: Path, required: tuple[str, ...] = ("file",)) -> list[dict
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise UsageError(f"{path} line {n} is not JSON ({err.msg}); expected one JSON "
+            raise ValueError(f"{path} line {n} is not JSON ({err.msg}); expected one JSON "
                              "object per line as `dpt generate` writes") from None
         missing = [k for k in required if not isinstance(record, dict) or k not in record]
         if missing:
-            raise UsageError(f"{path} line {n} lacks {', '.join(missing)}; expected "
+            raise ValueError(f"{path} line {n} lacks {', '.join(missing)}; expected "
                              f"{', '.join(required)} in every record")
         records.append(record)
     return records

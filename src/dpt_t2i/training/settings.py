@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 STAGES = ("probe", "tune", "hn-itm")
+# Where a stage's command starts from other values than the fields below: stage 2 moves an
+# adapter stage 1 already trained, at a tenth of its rate; the HN-ITM baseline trains no
+# adapter (its rate and loss weights are recorded as 0) and runs shorter.
+STAGE_DEFAULTS = {"probe": {}, "tune": {"lr": 1e-4},
+                  "hn-itm": {"steps": 400, "lr": 0.0, "match_weight": 0.0, "ground_weight": 0.0}}
+RATES_AND_WEIGHTS = ("lr", "match_weight", "ground_weight", "lora_lr", "mse_weight", "hn_weight",
+                     "hn_clip")
 
 
 @dataclass
@@ -38,5 +46,9 @@ class TrainSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.keep_checkpoints < 0:
             raise ValueError(f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
-        if not 0 <= self.t_min < self.t_max:
-            raise ValueError(f"need 0 <= t_min < t_max, got t_min={self.t_min}, t_max={self.t_max}")
+        for name in RATES_AND_WEIGHTS:
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0 <= self.t_min < self.t_max <= 1000:  # the noise schedule's 1000 steps
+            raise ValueError(f"need 0 <= t_min < t_max <= 1000, got {self.t_min} and {self.t_max}")

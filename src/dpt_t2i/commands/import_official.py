@@ -1,0 +1,44 @@
+"""`dpt import-official`: the authors' DPT checkpoint as a DPT folder.
+
+    dpt import-official pytorch_model.bin --model SD_FOLDER --out DPT_DIR
+        turns the authors' released checkpoint (attention-processor LoRA on every attention
+        layer, plus their adapter) into a DPT folder that `dpt generate --dpt DPT_DIR`
+        samples and self-corrects with (their adapter's matching path runs); it cannot be
+        evaluated with `dpt evaluate-disc` or tuned further.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .model_args import add_model_argument, model_folder, quiet_loading
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    imp = sub.add_parser("import-official", help="the authors' DPT checkpoint as a DPT folder",
+                         description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp.add_argument("checkpoint", type=Path, metavar="BIN", help="their pytorch_model.bin")
+    add_model_argument(imp)
+    imp.add_argument("--out", type=Path, required=True, metavar="DIR",
+                     help="the DPT folder to write")
+    imp.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = model_folder(args.model)
+    if args.out.exists():
+        raise ValueError(f"{args.out} exists; choose a new folder for the imported DPT weights")
+    quiet_loading()
+    from diffusers import UNet2DConditionModel
+
+    from ..io.interchange import import_official
+
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", local_files_only=True)
+    try:
+        import_official(args.checkpoint, unet, args.out)
+    except ValueError as err:  # the library's message, prefixed with the file it is about
+        raise ValueError(f"{args.checkpoint}: {err}") from None
+    print(f"wrote {args.out}: sample with `dpt generate --model {model} --dpt {args.out}`")
+    return 0
