@@ -1,7 +1,7 @@
 """Alignment and image quality against the self-correction strength eta (Fig. 4b's analogue).
 
 For each eta (0 is DPT without correction) it generates the Shapes benchmark prompts of a
-split with `dpt generate` (same seeds for every eta), judges them and measures the Fréchet
+split through the generation registry, as `dpt generate` does (same seeds for every eta), judges them and measures the Fréchet
 distance to renders, then writes `sweep.json` and `eta-sweep.png` (accuracy per family and
 overall, against eta) into --out. A finished eta's folder is reused, so a stopped sweep
 continues where it was.
@@ -16,19 +16,20 @@ import argparse
 import json
 from pathlib import Path
 
-from dpt_t2i.cli import main as dpt
 from dpt_t2i.data.shapes.grammar import FAMILIES
 from dpt_t2i.data.shapes.splits import benchmark_prompts
 from dpt_t2i.eval.alignment import judge_folders, summarize
 from dpt_t2i.eval.plots import line_chart
 from dpt_t2i.eval.quality import quality_by_split
+from dpt_t2i.generation.methods import FolderRun, choose_method, generate_folder
+from dpt_t2i.io.bundle import check_model_folder, default_model_path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--dpt", default=None, help="DPT folder (default: the shipped one)")
+    parser.add_argument("--dpt", type=Path, default=None, help="DPT folder (default: the shipped one)")
     parser.add_argument("--etas", type=float, nargs="+", default=[0, 5, 10, 20, 40, 80])
     parser.add_argument("--range", type=float, nargs=2, default=[300, 700])
     parser.add_argument("--seed", type=int, default=1000)
@@ -38,21 +39,16 @@ def main() -> None:
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
-    prompts = args.out / f"{args.split}.txt"
-    prompts.write_text("".join(p.text + "\n" for p in benchmark_prompts(args.split)))
+    model = check_model_folder(default_model_path())
+    prompts = [p.text for p in benchmark_prompts(args.split)]
     results = {}
     for eta in args.etas:
         folder = args.out / f"eta-{eta:g}"
         if not (folder / "index.jsonl").is_file():
-            extra = ["--dpt", args.dpt] if args.dpt else []
-            if eta > 0:
-                extra += ["--self-correct", str(eta), "--self-correct-range",
-                          *map(str, args.range), "--self-correct-mode", args.mode]
-            code = dpt(["generate", "--prompts-file", str(prompts), "--num-images",
-                        str(args.num_images), "--seed", str(args.seed), "--out", str(folder),
-                        *extra])
-            if code != 0:
-                raise SystemExit(code)
+            spec = choose_method(model, dpt=args.dpt, eta=eta if eta > 0 else None,
+                                 sc_range=tuple(args.range), sc_mode=args.mode)
+            generate_folder(FolderRun(model, prompts, folder, spec, num_images=args.num_images,
+                                      seed=args.seed))
         verdicts = judge_folders([folder])
         row = summarize(verdicts)[args.split]
         row["fd"] = quality_by_split(verdicts)[args.split]

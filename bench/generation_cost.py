@@ -21,15 +21,14 @@ import argparse
 import time
 
 import torch
-
-from dpt_t2i.io.bundle import default_model_path, load_bundle
-from dpt_t2i.data.shapes.splits import benchmark_prompts
-from dpt_t2i.io.dpt_folder import default_dpt_path, load_for_sampling
-from dpt_t2i.model.heads import text_embeddings
-from dpt_t2i.generation.guidance import DEFAULT_T_RANGE, MatchScore, SelfCorrection
-from dpt_t2i.generation.sampling import (encode_prompts, initial_latents, make_scheduler, sample,
-                                         unet_model_fn)
 from interleaved import interleaved_medians  # bench/interleaved.py
+
+from dpt_t2i.data.shapes.splits import benchmark_prompts
+from dpt_t2i.generation.guidance import DEFAULT_T_RANGE
+from dpt_t2i.generation.methods import Method
+from dpt_t2i.generation.sampling import encode_prompts, initial_latents, make_scheduler, sample
+from dpt_t2i.io.bundle import default_model_path, load_bundle
+from dpt_t2i.io.dpt_folder import default_dpt_path, load_for_sampling
 
 
 def main() -> None:
@@ -58,8 +57,6 @@ def main() -> None:
     prompts = [p.text for p in benchmark_prompts("ood", 2)][:args.batch]
     prompts = (prompts * args.batch)[:args.batch]
     cond, uncond = encode_prompts(base, prompts), encode_prompts(base, [""] * args.batch)
-    texts, _ = text_embeddings(heads, fused.text_encoder, fused.tokenizer, prompts)
-    empty = encode_prompts(base, [""])
 
     def run(bundle, model_fn=None):
         scheduler = make_scheduler("ddim", bundle.scheduler_config)
@@ -71,8 +68,8 @@ def main() -> None:
         return time.perf_counter() - start
 
     def corrected(early_exit):
-        score = MatchScore(fused.unet, heads, config, empty, early_exit=early_exit)
-        return SelfCorrection(unet_model_fn(fused), score, texts, args.eta, tuple(args.range))
+        method = Method(heads, config, args.eta, tuple(args.range), early_exit=early_exit)
+        return method.model_fn(fused, prompts)
 
     methods = {"base": lambda: run(base), "dpt-fused": lambda: run(fused),
                "dpt-lora": lambda: run(lora),

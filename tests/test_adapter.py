@@ -127,7 +127,8 @@ def test_end_to_end_on_the_shipped_shapes_model():
     tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
 
     texts = ["a red circle", "a blue circle"]
-    text, states = encode_texts(text_encoder, tokenizer, texts)
+    encoded = encode_texts(text_encoder, tokenizer, texts)
+    text, states = encoded.pooled, encoded.hidden
     assert text.shape == (2, 128)
     assert not torch.allclose(text[0], text[1], atol=1e-4)
 

@@ -9,7 +9,6 @@ from PIL import Image
 from dpt_t2i.app.demo import METHODS, Demo, describe
 from dpt_t2i.cli import main
 from dpt_t2i.data.shapes.judge import Verdict
-from dpt_t2i.errors import UsageError
 from dpt_t2i.io.bundle import default_model_path, load_bundle
 from dpt_t2i.io.dpt_folder import default_dpt_path
 
@@ -60,7 +59,7 @@ def test_images_are_those_of_dpt_generate(demo, tmp_path):
     (PROMPT, ["referee"], {"referee_iterations": -3}, "iterations must be a whole number"),
 ])
 def test_bad_input_is_a_usage_error(demo, prompt, methods, settings, message):
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(ValueError, match=message):
         demo.generate(prompt, methods, **settings)
 
 
@@ -103,5 +102,5 @@ def test_a_model_without_dpt_offers_the_base_model_alone(tiny_model_plain):
     (shown,) = comparison.shown
     assert shown.image.shape == (16, 16, 3) and shown.score is None and shown.verdict is None
     assert comparison.judge_note == "no judge: this is not a Shapes model"
-    with pytest.raises(UsageError, match="method 'dpt' is not available"):
+    with pytest.raises(ValueError, match="method 'dpt' is not available"):
         demo.generate("words", ["dpt"])

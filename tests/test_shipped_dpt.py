@@ -7,12 +7,11 @@ from safetensors import safe_open
 
 from dpt_t2i.cli import main
 from dpt_t2i.eval.discriminative import DiscriminativeScorer, evaluate_itm, shapes_itm_item
-from dpt_t2i.generation.guidance import MatchScore, SelfCorrection
-from dpt_t2i.generation.sampling import (encode_prompts, initial_latents, make_scheduler,
-                                         unet_model_fn)
+from dpt_t2i.generation.guidance import SelfCorrection
+from dpt_t2i.generation.sampling import initial_latents, make_scheduler, unet_model_fn
 from dpt_t2i.io.bundle import default_model_path, load_bundle
 from dpt_t2i.io.dpt_folder import default_dpt_path, load_for_sampling
-from dpt_t2i.model.heads import text_embeddings
+from dpt_t2i.model.score import MatchScore
 
 DPT = default_dpt_path()
 ITM_FLOOR = 0.5  # OOD overall measured 0.68 on 200 items (RECIPE.md); chance 0.25
@@ -45,8 +44,8 @@ def test_a_correction_step_raises_the_score_where_it_is_taken():
     the gradient's sign and scale; the effect on finished images is in docs/dpt-shapes.md)."""
     bundle = load_bundle(default_model_path())
     heads, config = load_for_sampling(DPT, bundle.unet)
-    score = MatchScore(bundle.unet, heads, config, encode_prompts(bundle, [""]))
-    texts, _ = text_embeddings(heads, bundle.text_encoder, bundle.tokenizer, PROMPTS)
+    score = MatchScore(bundle, heads, config)
+    texts = score.texts(PROMPTS)
     wrapper = SelfCorrection(unet_model_fn(bundle), score, texts, eta=10.0)
     scheduler = make_scheduler("ddim", bundle.scheduler_config)
     scheduler.set_timesteps(25)

@@ -1,19 +1,22 @@
-"""The `dpt` command: one entry point, one sub-command per job."""
+"""The `dpt` command: one entry point, one sub-command per job.
+
+The library raises ValueError, with a message naming the file, key or value and what is
+expected, for input it cannot use; here, and only here, that becomes one line on stderr and
+exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .errors import UsageError
+from .commands import (evaluate, evaluate_disc, export_lora, generate, import_official, prompts,
+                       referee, report, serve, sweep_blocks, train, world)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from .commands import (evaluate, evaluate_disc, generate, interchange, prompts, referee,
-                           report, serve, sweep_blocks, train, world)
-
     generate.register(sub)
     evaluate.register(sub)
     train.register(sub)
@@ -21,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_blocks.register(sub)
     prompts.register(sub)
     world.register(sub)
-    interchange.register(sub)
+    export_lora.register(sub)
+    import_official.register(sub)
     report.register(sub)
     referee.register(sub)
     serve.register(sub)
@@ -33,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except UsageError as err:
+    except ValueError as err:
         print(f"dpt {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from dpt_t2i.cli import main
-from dpt_t2i.commands import generate
+from dpt_t2i.generation import methods as generate_methods
 
 FAST = ["--steps", "2", "--guidance", "3.0"]
 
@@ -112,7 +112,7 @@ def test_interruption_leaves_nothing(tiny_model, tmp_path, capsys, monkeypatch):
         (folder / records[0]["file"]).write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(generate, "render", interrupted)
+    monkeypatch.setattr(generate_methods, "render", interrupted)
     code, captured = _run(capsys, tiny_model, tmp_path / "out", "--prompt", "a red circle")
     assert code == 130 and "interrupted" in captured.err
     assert list(tmp_path.iterdir()) == []

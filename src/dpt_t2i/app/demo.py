@@ -32,14 +32,19 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..data.samples import images_to_tensor
 from ..data.shapes.grammar import Prompt, PromptError, parse_prompt
 from ..data.shapes.judge import Verdict, judge
-from ..errors import UsageError
-from ..generation.referee import RefereeSettings
+from ..generation.methods import METHODS as REGISTRY
+from ..generation.methods import Method, check_lengths, check_vocabulary, sample_images
+from ..generation.referee import RefereeSettings, dpt_scorer, generate
+from ..generation.sampling import decode
 from ..io.bundle import ModelBundle, load_bundle
+from ..io.dpt_folder import load_for_sampling
 
-# key -> label on the page, in the page's order
-METHODS = {"base": "Base model", "dpt": "DPT", "dpt+sc": "DPT + SC", "referee": "Referee"}
+# key (of the generation registry) -> label on the page, in the page's order
+METHODS = {key: REGISTRY[key].label[0].upper() + REGISTRY[key].label[1:]
+           for key in ("base", "dpt", "dpt+sc", "referee")}
 # example prompts of the Shapes world, by the family they test
 EXAMPLES = {
     "binding": ("a red circle and a blue square", "a green triangle and a yellow circle"),
@@ -91,18 +96,13 @@ class Demo:
 
     def __init__(self, bundle: ModelBundle, dpt: Path | None = None, guidance: float = 7.5,
                  scheduler: str = "ddim", referee: RefereeSettings | None = None):
-        from ..io.dpt_folder import load_for_sampling
-
         self.bundle, self.dpt_path = bundle, dpt
         self.guidance, self.scheduler = guidance, scheduler
         self.referee = referee or RefereeSettings()
         self.dpt_bundle = self.heads = self.config = None
         if dpt is not None:
             self.dpt_bundle = replace(bundle, unet=copy.deepcopy(bundle.unet))
-            try:
-                self.heads, self.config = load_for_sampling(dpt, self.dpt_bundle.unet)
-            except ValueError as err:
-                raise UsageError(str(err)) from None
+            self.heads, self.config = load_for_sampling(dpt, self.dpt_bundle.unet)
         self._lock = threading.Lock()
 
     @classmethod
@@ -115,12 +115,9 @@ class Demo:
     def methods(self) -> list[str]:
         """The METHODS keys this model can run: DPT needs DPT weights, DPT + SC and the
         referee need their adapter."""
-        keys = ["base"]
-        if self.dpt_bundle is not None:
-            keys.append("dpt")
-        if self.heads is not None:
-            keys += ["dpt+sc", "referee"]
-        return keys
+        return [key for key in METHODS
+                if (self.dpt_bundle is not None or not REGISTRY[key].dpt)
+                and (self.heads is not None or not REGISTRY[key].adapter)]
 
     def generate(self, prompt: str, methods: Sequence[str], seed: int = 0, steps: int = 25,
                  eta: float = 10.0, referee_iterations: int | None = None,
@@ -137,7 +134,7 @@ class Demo:
             progress: told of each denoising step and referee iteration.
 
         Raises:
-            UsageError: a message for the page: empty prompt, unknown word, no method, a
+            ValueError: a message for the page: empty prompt, unknown word, no method, a
                 setting out of range.
         """
         prompt = (prompt or "").strip()
@@ -161,28 +158,25 @@ class Demo:
 
     def _check(self, prompt: str, methods: Sequence[str], seed, steps, eta: float,
                iterations) -> tuple[int, int, int]:
-        """Raise UsageError on bad input; return seed, steps and iterations as ints."""
-        from ..commands.generate import check_lengths
-        from ..commands.prompt_input import check_vocabulary
-
+        """Raise ValueError on bad input; return seed, steps and iterations as ints."""
         if not prompt:
-            raise UsageError("the prompt is empty: type one, such as "
+            raise ValueError("the prompt is empty: type one, such as "
                              "'a red circle to the left of a blue square'")
         if self.bundle.vocabulary is not None:
             check_vocabulary([prompt], self.bundle.vocabulary, self.bundle.path)
         check_lengths(self.bundle.tokenizer, [prompt])
         if not methods:
-            raise UsageError("no method chosen: tick at least one")
+            raise ValueError("no method chosen: tick at least one")
         for method in methods:
             if method not in self.methods:
-                raise UsageError(f"method {method!r} is not available here; this model runs "
+                raise ValueError(f"method {method!r} is not available here; this model runs "
                                  f"{', '.join(METHODS[m] for m in self.methods)}")
         seed = _whole(seed, "the seed", 0, MAX_SEED)
         steps = _whole(steps, "the number of steps", 1, MAX_STEPS)
         iterations = _whole(iterations, "the referee's iterations", 1)
         if "dpt+sc" in methods and not (isinstance(eta, (int, float)) and math.isfinite(eta)
                                         and eta > 0):
-            raise UsageError(f"the self-correction strength eta must be a number > 0, got {eta}")
+            raise ValueError(f"the self-correction strength eta must be a number > 0, got {eta}")
         return seed, steps, iterations
 
     def _parse(self, prompt: str) -> tuple[Prompt | None, str | None]:
@@ -197,12 +191,7 @@ class Demo:
     def _image(self, method: str, prompt: str, seed: int, steps: int, eta: float,
                iterations: int, tick: Callable[[int], None]) -> np.ndarray:
         """(H, W, 3) uint8: the image of one method."""
-        from ..commands.generate import Method, sample_images
-
         if method == "referee":
-            from ..generation.referee import dpt_scorer, generate
-            from ..generation.sampling import decode
-
             scorer = dpt_scorer(self.dpt_bundle, self.heads, self.config)
             settings = replace(self.referee, iterations=iterations)
             latents = generate(self.dpt_bundle, scorer, [prompt], [seed], settings, tick)
@@ -218,9 +207,6 @@ class Demo:
         """s(z, y) of one image (module docstring); None without an adapter."""
         if self.heads is None:
             return None
-        from ..data.samples import images_to_tensor
-        from ..generation.referee import dpt_scorer
-
         # a fresh scorer: the same noise for every image, whatever was scored before
         scorer = dpt_scorer(self.dpt_bundle, self.heads, self.config, timestep=SCORE_TIMESTEP)
         with torch.no_grad():
@@ -238,14 +224,14 @@ def _ticker(progress: Progress | None, done: int, total: int, label: str, units:
 
 
 def _whole(value, name: str, low: int, high: int | None = None) -> int:
-    """`value` as an int in [low, high]; UsageError naming it otherwise."""
+    """`value` as an int in [low, high]; ValueError naming it otherwise."""
     bound = f">= {low}" if high is None else f"from {low} to {high}"
     try:
         whole = not isinstance(value, bool) and float(value).is_integer()
     except (TypeError, ValueError):
         whole = False
     if not whole or float(value) < low or (high is not None and float(value) > high):
-        raise UsageError(f"{name} must be a whole number {bound}, got {value}")
+        raise ValueError(f"{name} must be a whole number {bound}, got {value}")
     return int(float(value))
 
 

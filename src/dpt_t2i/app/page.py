@@ -19,8 +19,8 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from ..errors import UsageError
-from .demo import EXAMPLES, METHODS, Comparison, Demo, Shown, describe
+from ..generation.guidance import DEFAULT_T_RANGE
+from .demo import EXAMPLES, METHODS, SCORE_TIMESTEP, Comparison, Demo, Shown, describe
 
 DEFAULT_METHODS = ("base", "dpt", "dpt+sc")  # the referee is slower: ticked by choice
 DISPLAY_SIDE = 256  # smallest side an image is shown at
@@ -39,8 +39,6 @@ def build_page(demo: Demo, title: str = "dpt-t2i: methods side by side") -> gr.B
     `iterations`, `status`, and per method `result-<id>` (its column), `image-<id>` and
     `caption-<id>` (see `element_id`).
     """
-    from ..generation.guidance import DEFAULT_T_RANGE
-
     methods = demo.methods
     low, high = DEFAULT_T_RANGE
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as page:
@@ -105,7 +103,7 @@ def handler(demo: Demo):
             comparison = demo.generate(
                 text, picked or [], seed, steps, eta, iterations,
                 progress=lambda done, total, what: progress((done, total), desc=what))
-        except UsageError as err:  # shown where the run's status goes; the images stay
+        except ValueError as err:  # shown where the run's status goes; the images stay
             return [run_count, f"⚠ **Cannot generate:** {err}",
                     *[gr.skip()] * (3 * len(methods))]
         shown = {s.method: s for s in comparison.shown}
@@ -176,8 +174,6 @@ def _intro(demo: Demo) -> str:
 
 
 def _legend(demo: Demo) -> str:
-    from .demo import SCORE_TIMESTEP
-
     judge = ("**Verdict**: the Shapes judge reads the image back into objects (size, colour, "
              "shape, centre in pixels) and checks the prompt against them. "
              if demo.bundle.vocabulary is not None else "")

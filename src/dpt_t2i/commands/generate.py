@@ -22,34 +22,16 @@ geneval`, `--geneval-out DIR` also lays the images out as GenEval's evaluator re
 from __future__ import annotations
 
 import argparse
-import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
-
-import numpy as np
-from tqdm.auto import tqdm
 
 from ..data.benchmarks import check_geneval_out, write_geneval_layout
-from ..errors import UsageError
-from ..generation.guidance import DEFAULT_T_RANGE, MODES, MatchScore, SelfCorrection
-from ..generation.sampling import (SCHEDULERS, decode, encode_prompts, image_generators,
-                                   initial_latents, make_scheduler, sample, unet_model_fn)
-from ..io.bundle import ModelBundle, default_model_path, load_bundle, read_vocabulary
-from ..io.dpt_folder import default_dpt_path, load_for_sampling, read_dpt_config
-from ..io.image_folder import (INDEX, check_output_folder, numbered_records, publish,
-                               staging_folder, write_index, write_png)
-from ..model.heads import text_embeddings
+from ..generation.guidance import MODES
+from ..generation.methods import (FolderRun, MethodSpec, SamplerSettings, check_self_correction,
+                                  choose_method, generate_folder)
+from ..generation.sampling import SCHEDULERS
+from ..io.image_folder import INDEX
 from .model_args import model_folder, quiet_loading
-from .prompt_input import (add_benchmark_arguments, add_prompt_arguments, check_vocabulary,
-                           read_prompt_set)
-
-if TYPE_CHECKING:
-    from transformers import CLIPTokenizer
-
-    from ..generation.sampling import ModelFn
-    from ..model.config import DPTConfig
-    from ..model.heads import DPTHeads
+from .prompt_input import add_benchmark_arguments, add_prompt_arguments, read_prompt_set
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,18 +41,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_benchmark_arguments(gen)
     gen.add_argument("--out", type=Path, required=True, metavar="DIR",
                      help="output folder for the PNGs and index.jsonl")
-    gen.add_argument("--num-images", type=int, default=4, metavar="N",
-                     help="images per prompt (default 4)")
-    gen.add_argument("--seed", type=int, default=0, metavar="S",
-                     help="image k of the run, over all prompts, uses seed S+k (default 0)")
-    gen.add_argument("--steps", type=int, default=25, metavar="K",
-                     help="denoising steps (default 25)")
-    gen.add_argument("--guidance", type=float, default=7.5, metavar="G",
-                     help="classifier-free guidance scale; <= 1 turns it off (default 7.5)")
-    gen.add_argument("--scheduler", default="ddim", metavar="NAME",
-                     help=f"one of {', '.join(SCHEDULERS)} (default ddim)")
-    gen.add_argument("--batch-size", type=int, default=8, metavar="B",
-                     help="images denoised together (default 8)")
+    gen.add_argument("--num-images", type=int, default=FolderRun.num_images, metavar="N",
+                     help=f"images per prompt (default {FolderRun.num_images})")
+    gen.add_argument("--seed", type=int, default=FolderRun.seed, metavar="S",
+                     help="image k of the run, over all prompts, uses seed S+k "
+                          f"(default {FolderRun.seed})")
+    gen.add_argument("--steps", type=int, default=SamplerSettings.steps, metavar="K",
+                     help=f"denoising steps (default {SamplerSettings.steps})")
+    gen.add_argument("--guidance", type=float, default=SamplerSettings.guidance, metavar="G",
+                     help="classifier-free guidance scale; <= 1 turns it off "
+                          f"(default {SamplerSettings.guidance})")
+    gen.add_argument("--scheduler", default=SamplerSettings.scheduler, metavar="NAME",
+                     help=f"one of {', '.join(SCHEDULERS)} "
+                          f"(default {SamplerSettings.scheduler})")
+    gen.add_argument("--batch-size", type=int, default=SamplerSettings.batch_size, metavar="B",
+                     help=f"images denoised together (default {SamplerSettings.batch_size})")
     gen.add_argument("--model", type=Path, default=None, metavar="PATH",
                      help="a Stable Diffusion diffusers folder (default: the shipped Shapes model)")
     gen.add_argument("--base", action="store_true",
@@ -81,11 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--self-correct", type=float, default=None, metavar="ETA",
                      help="self-correction step size eta, > 0 (the raw gradient's scale depends "
                           "on the model: 10 on the Shapes model); off by default")
-    gen.add_argument("--self-correct-range", type=float, nargs=2, default=DEFAULT_T_RANGE,
+    gen.add_argument("--self-correct-range", type=float, nargs=2, default=MethodSpec.sc_range,
                      metavar=("LOW", "HIGH"),
                      help="correct only at timesteps LOW <= t <= HIGH (default 300 700, "
                           "chosen on the Shapes model: docs/dpt-shapes.md)")
-    gen.add_argument("--self-correct-mode", choices=MODES, default="carry",
+    gen.add_argument("--self-correct-mode", choices=MODES, default=MethodSpec.sc_mode,
                      help="carry: later steps continue from the corrected latent (default); "
                           "predict-only: only the noise prediction sees it, as the authors' "
                           "sampler does")
@@ -105,74 +90,48 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    _check_settings(args)
+    sampler = SamplerSettings(args.steps, args.guidance, args.scheduler, args.batch_size)
+    check_self_correction(args.self_correct, tuple(args.self_correct_range),
+                          args.self_correct_mode)
+    _check_flags(args)
     prompts, benchmark = read_prompt_set(args)
     model = model_folder(args.model)
-    vocabulary = read_vocabulary(model)
-    if vocabulary is not None:
-        check_vocabulary(prompts, vocabulary, model)
-    dpt = None if args.attend_excite else dpt_folder(args, model)
-    records = plan_images(prompts, args, model, dpt, benchmark)
-    out = check_output_folder(args.out, [r["file"] for r in records], overwrite=args.overwrite)
-    geneval_out = _geneval_folder(args.geneval_out, out, args.overwrite)
+    words = None if args.subject_words is None else \
+        tuple(w.strip() for w in args.subject_words.split(",") if w.strip())
+    spec = choose_method(model, base=args.base, dpt=args.dpt, eta=args.self_correct,
+                         sc_range=tuple(args.self_correct_range),
+                         sc_mode=args.self_correct_mode, attend_excite=args.attend_excite,
+                         subject_words=words)
+    job = FolderRun(model, prompts, args.out, spec, sampler, args.num_images, args.seed,
+                    benchmark, args.overwrite)
+    checked: dict[str, Path | None] = {}
 
-    quiet_loading()
-    bundle = load_bundle(model)
-    check_lengths(bundle.tokenizer, prompts)
-    method = Method()
-    if args.attend_excite:
-        method.subjects = _subject_indices(bundle, prompts, records, args.subject_words,
-                                           vocabulary)
-    if dpt is not None:
-        try:
-            method.heads, method.config = load_for_sampling(dpt, bundle.unet)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-        if args.self_correct is not None and method.heads is None:
-            raise UsageError(f"--self-correct needs an adapter to score with; {dpt} holds "
-                             f"LoRA only")
-        method.eta = args.self_correct or 0.0
-        method.t_range, method.mode = tuple(args.self_correct_range), args.self_correct_mode
-    with staging_folder(out) as stage:
-        render(bundle, records, stage, args.steps, args.guidance, args.scheduler, args.batch_size,
-               method)
-        write_index(stage, records)
-        publish(stage, out, overwrite=args.overwrite)
-    print(f"wrote {len(records)} images and {INDEX} to {out}")
-    if geneval_out is not None:
-        n = write_geneval_layout(out, geneval_out, overwrite=args.overwrite)
-        print(f"wrote GenEval's layout of {n} prompt folders to {geneval_out}")
+    def before_load(out: Path) -> None:
+        checked["out"] = out
+        checked["geneval"] = _geneval_folder(args.geneval_out, out, args.overwrite)
+        quiet_loading()
+
+    records = generate_folder(job, before_load=before_load)
+    print(f"wrote {len(records)} images and {INDEX} to {checked['out']}")
+    if checked["geneval"] is not None:
+        n = write_geneval_layout(checked["out"], checked["geneval"], overwrite=args.overwrite)
+        print(f"wrote GenEval's layout of {n} prompt folders to {checked['geneval']}")
     return 0
 
 
-def _check_settings(args: argparse.Namespace) -> None:
-    for flag, value in (("--num-images", args.num_images), ("--steps", args.steps),
-                        ("--batch-size", args.batch_size)):
-        if value <= 0:
-            raise UsageError(f"{flag} must be a positive whole number, got {value}")
-    if args.seed < 0:
-        raise UsageError(f"--seed must be 0 or more, got {args.seed}")
-    if not math.isfinite(args.guidance) or args.guidance < 0:
-        raise UsageError(f"--guidance must be a finite number >= 0, got {args.guidance}")
-    if args.scheduler not in SCHEDULERS:
-        raise UsageError(f"unknown scheduler {args.scheduler!r}; expected one of "
-                         f"{', '.join(SCHEDULERS)}")
+def _check_flags(args: argparse.Namespace) -> None:
+    """Flags that cannot go together (the values are checked by the library's dataclasses)."""
     eta = args.self_correct
-    if eta is not None and not (math.isfinite(eta) and eta > 0):
-        raise UsageError(f"--self-correct must be a finite number > 0, got {eta}")
-    low, high = args.self_correct_range
-    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-        raise UsageError(f"--self-correct-range needs finite LOW <= HIGH, got {low} {high}")
     if args.base and (args.dpt is not None or eta is not None):
         flag = "--dpt" if args.dpt is not None else "--self-correct"
-        raise UsageError(f"--base samples the model without DPT; it cannot go with {flag}")
+        raise ValueError(f"--base samples the model without DPT; it cannot go with {flag}")
     if args.attend_excite and (args.base or args.dpt is not None or eta is not None):
-        raise UsageError("--attend-excite samples the base model its own way; it cannot go "
+        raise ValueError("--attend-excite samples the base model its own way; it cannot go "
                          "with --base, --dpt or --self-correct")
     if args.subject_words is not None and not args.attend_excite:
-        raise UsageError("--subject-words is read by --attend-excite only")
+        raise ValueError("--subject-words is read by --attend-excite only")
     if args.geneval_out is not None and args.benchmark != "geneval":
-        raise UsageError("--geneval-out needs --benchmark geneval (GenEval's metadata goes "
+        raise ValueError("--geneval-out needs --benchmark geneval (GenEval's metadata goes "
                          "into each prompt folder)")
 
 
@@ -182,177 +141,6 @@ def _geneval_folder(folder: Path | None, out: Path, overwrite: bool) -> Path | N
         return None
     folder = check_geneval_out(folder, overwrite)
     if folder == out or folder in out.parents or out in folder.parents:
-        raise UsageError(f"--geneval-out {folder} must lie apart from --out {out}, neither "
+        raise ValueError(f"--geneval-out {folder} must lie apart from --out {out}, neither "
                          "inside the other")
     return folder
-
-
-def dpt_folder(args: argparse.Namespace, model: Path) -> Path | None:
-    """The DPT folder the run uses (checked), or None for the base model."""
-    if args.base:
-        return None
-    folder = args.dpt
-    if folder is None:
-        shipped = default_dpt_path()
-        if model == default_model_path().resolve() and shipped.is_dir():
-            folder = shipped
-        elif args.self_correct is not None:
-            raise UsageError("--self-correct needs DPT weights: pass --dpt PATH (there are no "
-                             "shipped DPT weights for this model)")
-        else:
-            return None
-    try:
-        read_dpt_config(folder)  # a UsageError now, before the model loads
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    return folder.resolve()
-
-
-@dataclass
-class Method:
-    """What samples the images: the base model, or DPT heads (LoRA fused) and self-correction."""
-
-    heads: DPTHeads | None = None
-    config: DPTConfig | None = None
-    eta: float = 0.0                               # self-correction off at 0
-    t_range: tuple[float, float] = DEFAULT_T_RANGE  # timesteps on which to correct
-    mode: str = "carry"
-    subjects: dict[str, list[int]] | None = None   # Attend-and-Excite: prompt -> token indices
-
-    def model_fn(self, bundle: ModelBundle, prompts: list[str]) -> ModelFn | None:
-        """The batch's noise prediction: None (the plain U-Net) unless self-correcting."""
-        if self.heads is None or self.eta == 0:
-            return None
-        # the U-Net sees what the score was trained on: the empty prompt, or the prompt itself
-        empty = self.config.condition == "empty"
-        states = encode_prompts(bundle, [""] if empty else prompts)  # (1 or b, L, D)
-        score = MatchScore(bundle.unet, self.heads, self.config, states)
-        texts, _ = text_embeddings(self.heads, bundle.text_encoder, bundle.tokenizer, prompts)
-        return SelfCorrection(unet_model_fn(bundle), score, texts, self.eta, self.t_range,
-                              self.mode)
-
-
-def _subject_indices(bundle: ModelBundle, prompts: list[str], records: list[dict],
-                     words: str | None, vocabulary: tuple[str, ...] | None
-                     ) -> dict[str, list[int]]:
-    """Each prompt's A&E token indices (also written into its records); UsageError naming a
-    prompt without subject words."""
-    from ..data.shapes.world import SHAPES
-    from ..generation.attend_excite import subject_words, token_indices
-
-    nouns = None
-    if words is not None:
-        nouns = [w.strip() for w in words.split(",") if w.strip()]
-    elif vocabulary is not None:
-        nouns = [*SHAPES, *(s + "s" for s in SHAPES)]
-    out = {}
-    for prompt in prompts:
-        found = subject_words(prompt, nouns)
-        if not found:
-            raise UsageError(f"--attend-excite: prompt {prompt!r} has no subject word to excite "
-                             "(give them with --subject-words)")
-        try:
-            out[prompt] = token_indices(bundle.tokenizer, prompt, found)
-        except ValueError as err:
-            raise UsageError(f"--attend-excite: {err}") from None
-    for record in records:
-        record["subject_tokens"] = out[record["prompt"]]
-    return out
-
-
-def method_settings(args: argparse.Namespace, dpt: Path | None) -> dict:
-    """The index fields that say which method made an image."""
-    if args.attend_excite:
-        return {"method": "attend-excite"}
-    if dpt is None:
-        return {"method": "base"}
-    if args.self_correct is None:
-        return {"method": "dpt", "dpt": str(dpt)}
-    return {"method": "dpt+sc", "dpt": str(dpt), "eta": args.self_correct,
-            "sc_range": list(args.self_correct_range), "sc_mode": args.self_correct_mode}
-
-
-def plan_images(prompts: list[str], args: argparse.Namespace, model: Path,
-                dpt: Path | None = None, benchmark: list[dict] | None = None) -> list[dict]:
-    """One index record per image, in run order: image k gets seed S+k and file k.png.
-
-    `benchmark` (one dict per prompt, from `read_prompt_set`) goes into each of the prompt's
-    records under "benchmark".
-    """
-    settings = {"steps": args.steps, "guidance": args.guidance, "scheduler": args.scheduler,
-                "model": str(model), **method_settings(args, dpt)}
-    records = numbered_records(prompts, args.num_images, args.seed, settings)
-    if benchmark is not None:
-        for record in records:
-            record["benchmark"] = benchmark[record["prompt_index"]]
-    return records
-
-
-def check_lengths(tokenizer: CLIPTokenizer, prompts: list[str]) -> None:
-    """Raise UsageError for a prompt the text encoder would truncate (start and end tokens
-    count too)."""
-    limit = tokenizer.model_max_length
-    for prompt in prompts:
-        n = len(tokenizer.tokenize(prompt)) + 2
-        if n > limit:
-            raise UsageError(f"prompt {prompt!r} is {n} tokens long with start and end tokens; "
-                             f"the model reads at most {limit}")
-
-
-def render(bundle: ModelBundle, records: list[dict], folder: Path, steps: int, guidance: float,
-           scheduler_name: str, batch_size: int, method: Method | None = None) -> None:
-    """Sample each record's image from its prompt and seed; write it as folder / record["file"].
-
-    Args:
-        bundle: the model.
-        records: from `plan_images`.
-        folder: where the PNGs go.
-        steps / guidance / scheduler_name: as `sampling.sample` takes them.
-        batch_size: images denoised together.
-        method: DPT heads and self-correction (default: the bundle's U-Net as it is).
-    """
-    with tqdm(total=len(records), unit="image", desc="generate", dynamic_ncols=True) as bar:
-        for start in range(0, len(records), batch_size):
-            batch = records[start:start + batch_size]
-            images = sample_images(bundle, [r["prompt"] for r in batch],
-                                   [r["seed"] for r in batch], steps, guidance, scheduler_name,
-                                   method)
-            for record, image in zip(batch, images):
-                write_png(folder / record["file"], image)
-            bar.update(len(batch))
-
-
-def sample_images(bundle: ModelBundle, prompts: list[str], seeds: list[int], steps: int,
-                  guidance: float, scheduler_name: str, method: Method | None = None,
-                  progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Images of B prompts, image k from the noise of seeds[k], denoised together.
-
-    Args:
-        bundle: the model.
-        prompts / seeds: B of each.
-        steps / guidance / scheduler_name: as `sampling.sample` takes them.
-        method: DPT heads and self-correction, or Attend-and-Excite subjects (default: the
-            bundle's U-Net as it is).
-        progress: called with the number of denoising steps done after each step (not called
-            by Attend-and-Excite, which runs diffusers' pipeline).
-
-    Returns:
-        (B, H, W, 3) uint8 images.
-    """
-    method = method or Method()
-    scheduler = make_scheduler(scheduler_name, bundle.scheduler_config)
-    generators = image_generators(seeds)
-    scheduler.set_timesteps(steps)
-    latents = initial_latents(seeds, bundle.latent_shape(), scheduler, generators)
-    if method.subjects is not None:
-        from ..generation.attend_excite import build_pipeline, sample_attend_excite
-
-        return sample_attend_excite(build_pipeline(bundle, scheduler), bundle, prompts,
-                                    [method.subjects[p] for p in prompts], latents, steps,
-                                    guidance)
-    cond = encode_prompts(bundle, prompts)  # (B, L, D)
-    uncond = encode_prompts(bundle, [""] * len(prompts)) if guidance > 1 else None
-    latents = sample(bundle, cond, uncond, latents, steps, guidance, scheduler,
-                     model_fn=method.model_fn(bundle, prompts), progress=progress,
-                     generators=generators)
-    return decode(bundle, latents)

@@ -7,7 +7,6 @@ import argparse
 from pathlib import Path
 
 from ..data.benchmarks import BENCHMARKS, read_benchmark
-from ..errors import UsageError
 
 
 def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,17 +78,3 @@ def _read_file(path: Path) -> list[str]:
     if not prompts:
         raise ValueError(f"prompts file {path} has no prompts; {expected}")
     return prompts
-
-
-def check_vocabulary(prompts: list[str], vocabulary: tuple[str, ...], model: Path) -> None:
-    """Raise UsageError naming the first word of a prompt that the model's world lacks.
-
-    Words are compared in lower case, as the CLIP tokenizer lower-cases text.
-    """
-    known = {w.lower() for w in vocabulary}
-    for prompt in prompts:
-        for word in prompt.split():
-            if word.lower() not in known:
-                raise UsageError(f"word {word!r} in prompt {prompt!r} is not in the vocabulary "
-                                 f"of the Shapes model {model}; known words: "
-                                 f"{' '.join(vocabulary)}")

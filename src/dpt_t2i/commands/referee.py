@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
-from ..errors import UsageError
+from ..generation.methods import referee_preset
+from ..generation.referee import INITS, SHAPES_SETTINGS, RefereeSettings
+from ..generation.referee_folder import REFEREES, RefereeRun, referee_folder
+from ..io.image_folder import INDEX
 from .model_args import add_threads_argument, model_folder, quiet_loading, set_threads
-from .prompt_input import add_prompt_arguments, check_vocabulary, read_prompts
+from .prompt_input import add_prompt_arguments, read_prompts
 
-FLAGS = {"init_steps": int, "init_guidance": float, "iterations": int, "lr": float, "lr_end": float, "views": int, "top_k": int,
-         "ema_decay": float, "ema_start": int, "ema_restart": int, "sds_weight": float,
-         "sds_weight_end": float, "referee_weight": float, "guidance": float, "t_min": int,
-         "t_max": int}
+FLAGS = {"init_steps": int, "init_guidance": float, "iterations": int, "lr": float,
+         "lr_end": float, "views": int, "top_k": int, "ema_decay": float, "ema_start": int,
+         "ema_restart": int, "sds_weight": float, "sds_weight_end": float,
+         "referee_weight": float, "guidance": float, "t_min": int, "t_max": int}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,15 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_prompt_arguments(p)
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
-    p.add_argument("--num-images", type=int, default=4, metavar="N")
-    p.add_argument("--seed", type=int, default=0, metavar="S")
-    p.add_argument("--batch-size", type=int, default=8, metavar="B")
+    p.add_argument("--num-images", type=int, default=RefereeRun.num_images, metavar="N")
+    p.add_argument("--seed", type=int, default=RefereeRun.seed, metavar="S")
+    p.add_argument("--batch-size", type=int, default=RefereeRun.batch_size, metavar="B")
     p.add_argument("--model", type=Path, default=None, metavar="PATH")
-    p.add_argument("--referee", choices=["dpt", "clip"], default="dpt")
+    p.add_argument("--referee", choices=REFEREES, default=RefereeRun.referee)
     p.add_argument("--dpt", type=Path, default=None, metavar="PATH",
                    help="--referee dpt: a DPT folder (default: the shipped DPT weights)")
-    from ..generation.referee import INITS, SHAPES_SETTINGS, RefereeSettings
-
     reference = RefereeSettings()
     p.add_argument("--reference-settings", action="store_true",
                    help="start from the reference code's settings on the Shapes model too")
@@ -62,98 +63,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    for flag, value in (("--num-images", args.num_images), ("--batch-size", args.batch_size)):
-        if value <= 0:
-            raise UsageError(f"{flag} must be a positive whole number, got {value}")
     for name in FLAGS:
         value = getattr(args, name)
         if value is not None and not math.isfinite(value):
-            raise UsageError(f"--{name.replace('_', '-')} must be finite")
-    if args.referee == "clip" and args.dpt is not None:
-        raise UsageError("--referee clip reads no DPT folder; drop --dpt")
+            raise ValueError(f"--{name.replace('_', '-')} must be finite")
     prompts = read_prompts(args)
     model = model_folder(args.model)
-    settings = _settings(args, model)
-    from ..io.bundle import load_bundle, read_vocabulary
-    from ..io.image_folder import (INDEX, check_output_folder, numbered_records, publish,
-                                   staging_folder, write_index)
-
-    vocabulary = read_vocabulary(model)
-    if vocabulary is not None:
-        check_vocabulary(prompts, vocabulary, model)
-    records = numbered_records(prompts, args.num_images, args.seed, {
-        "model": str(model), "method": "referee", "referee": args.referee,
-        **{f.name: getattr(settings, f.name) for f in fields(settings)}})
-    out = check_output_folder(args.out, [r["file"] for r in records], overwrite=args.overwrite)
-    quiet_loading()
-    bundle = load_bundle(model)
-    scorer = _scorer(args, bundle, model)
-    with staging_folder(out) as stage:
-        _render(bundle, scorer, records, stage, settings, args.batch_size)
-        write_index(stage, records)
-        publish(stage, out, overwrite=args.overwrite)
-    print(f"wrote {len(records)} images and {INDEX} to {out}")
+    job = RefereeRun(model, prompts, args.out, _settings(args, model), args.referee, args.dpt,
+                     args.num_images, args.seed, args.batch_size, args.overwrite)
+    records = referee_folder(job, before_load=lambda out: quiet_loading())
+    print(f"wrote {len(records)} images and {INDEX} to {Path(args.out).expanduser().resolve()}")
     return 0
 
 
-def _settings(args: argparse.Namespace, model: Path):
+def _settings(args: argparse.Namespace, model: Path) -> RefereeSettings:
     """The run's RefereeSettings: the flags given over the model's preset."""
-    from ..generation.referee import SHAPES_SETTINGS, RefereeSettings
-    from ..io.bundle import default_model_path
-
-    shapes = model == default_model_path().resolve() and not args.reference_settings
-    preset = SHAPES_SETTINGS if shapes else RefereeSettings()
+    preset = RefereeSettings() if args.reference_settings else referee_preset(model)
     given = {name: getattr(args, name) for name in [*FLAGS, "init"]
              if getattr(args, name) is not None}
-    try:
-        return replace(preset, **given, augment=not args.no_augment, sds=not args.no_sds,
-                       ema=not args.no_ema)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-
-
-def _scorer(args, bundle, model: Path):
-    from ..generation.referee import clip_scorer, dpt_scorer
-
-    if args.referee == "clip":
-        from ..eval.quality import load_clip_and_tokenizer
-
-        return clip_scorer(*load_clip_and_tokenizer())
-    from ..io.bundle import default_model_path
-    from ..io.dpt_folder import default_dpt_path, load_for_sampling
-
-    folder = args.dpt
-    if folder is None:
-        if model != default_model_path().resolve():
-            raise UsageError("--referee dpt needs --dpt PATH on a model other than the shipped one")
-        folder = default_dpt_path()
-    try:
-        heads, config = load_for_sampling(folder, bundle.unet)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    if heads is None:
-        raise UsageError(f"--dpt {folder} holds LoRA only: there is no adapter to referee with")
-    return dpt_scorer(bundle, heads, config)
-
-
-def _render(bundle, scorer, records: list[dict], folder: Path, settings, batch_size: int) -> None:
-    from tqdm.auto import tqdm
-
-    from ..generation.referee import generate
-    from ..generation.sampling import decode
-    from ..io.image_folder import write_png
-
-    with tqdm(total=len(records) * settings.iterations, unit="it", desc="referee",
-              dynamic_ncols=True) as bar:
-        for start in range(0, len(records), batch_size):
-            batch = records[start:start + batch_size]
-            done = [0]
-
-            def progress(i: int, done=done) -> None:
-                bar.update((i - done[0]) * len(batch))
-                done[0] = i
-
-            latents = generate(bundle, scorer, [r["prompt"] for r in batch],
-                               [r["seed"] for r in batch], settings, progress)
-            for record, image in zip(batch, decode(bundle, latents)):
-                write_png(folder / record["file"], image)
+    return replace(preset, **given, augment=not args.no_augment, sds=not args.no_sds,
+                   ema=not args.no_ema)

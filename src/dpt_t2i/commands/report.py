@@ -13,14 +13,15 @@ out; the README names them.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-from ..errors import UsageError
+from ..eval.report import ReportInputs, ReportSettings, Work, build_report, check_inputs
+from ..io.dpt_folder import default_dpt_path
 from .model_args import add_threads_argument, quiet_loading, set_threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    D = ReportSettings  # the defaults
     p = sub.add_parser("report", help="the paper's tables and figures on the Shapes model",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
@@ -43,19 +44,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "(Fig. 4a)")
     trained.add_argument("--sweep", type=Path, default=None, metavar="RUN_DIR",
                          help="a `dpt sweep-blocks` run folder (Fig. 3)")
-    p.add_argument("--seed", type=int, default=1000, help="generation seed (default 1000)")
-    p.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
-    p.add_argument("--eta", type=float, default=10.0,
-                   help="self-correction strength of DPT + SC (default 10)")
-    p.add_argument("--etas", default="0,5,10,20,40", help="Fig. 4b's etas (default 0,5,10,20,40)")
-    p.add_argument("--n-itm", type=int, default=200, help="ITM items per split (default 200)")
-    p.add_argument("--n-itm-diffusion", type=int, default=100,
+    p.add_argument("--seed", type=int, default=D.seed,
+                   help=f"generation seed (default {D.seed})")
+    p.add_argument("--num-images", type=int, default=D.num_images,
+                   help=f"images per prompt (default {D.num_images})")
+    p.add_argument("--eta", type=float, default=D.eta,
+                   help=f"self-correction strength of DPT + SC (default {D.eta:g})")
+    etas = ",".join(f"{e:g}" for e in D.etas)
+    p.add_argument("--etas", default=etas, help=f"Fig. 4b's etas (default {etas})")
+    p.add_argument("--n-itm", type=int, default=D.n_itm,
+                   help=f"ITM items per split (default {D.n_itm})")
+    p.add_argument("--n-itm-diffusion", type=int, default=D.n_itm_diffusion,
                    help="ITM items per split for DiffusionITM, 10 U-Net passes a pair "
-                        "(default 100)")
-    p.add_argument("--n-rec", type=int, default=400, help="REC items per split (default 400)")
-    p.add_argument("--per-family", type=int, default=20,
-                   help="benchmark prompts per family (default 20, `dpt prompts`'s lists; "
-                        "fewer makes a quick, noisier report)")
+                        f"(default {D.n_itm_diffusion})")
+    p.add_argument("--n-rec", type=int, default=D.n_rec,
+                   help=f"REC items per split (default {D.n_rec})")
+    p.add_argument("--per-family", type=int, default=D.per_family,
+                   help=f"benchmark prompts per family (default {D.per_family}, "
+                        "`dpt prompts`'s lists; fewer makes a quick, noisier report)")
     p.add_argument("--no-attend-excite", action="store_true",
                    help="leave Attend-and-Excite out (it is the slowest method)")
     add_threads_argument(p)
@@ -84,26 +90,21 @@ def build_defaults() -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     quiet_loading()
-    from ..eval.report import ReportSettings, Work, build_report, inputs_from_args
-
     try:
         etas = tuple(float(e) for e in args.etas.split(",") if e.strip())
     except ValueError:
-        etas = ()
-    if not etas or not all(math.isfinite(e) and e >= 0 for e in etas):
-        raise UsageError(f"--etas must be comma-separated numbers >= 0, got {args.etas!r}")
-    for flag in ("num_images", "n_itm", "n_itm_diffusion", "n_rec", "per_family"):
-        if getattr(args, flag) < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if not (math.isfinite(args.eta) and args.eta > 0):
-        raise UsageError(f"--eta must be a finite number > 0, got {args.eta}")
-    if args.out.resolve() == args.work.resolve():
-        raise UsageError("--out and --work must be different folders")
-    inputs = inputs_from_args(args)
+        raise ValueError(f"--etas must be comma-separated numbers >= 0, "
+                         f"got {args.etas!r}") from None
     settings = ReportSettings(seed=args.seed, num_images=args.num_images, eta=args.eta, etas=etas,
                               n_itm=args.n_itm, n_itm_diffusion=args.n_itm_diffusion,
                               n_rec=args.n_rec, attend_excite=not args.no_attend_excite,
                               per_family=args.per_family, threads=args.threads)
+    if args.out.resolve() == args.work.resolve():
+        raise ValueError("--out and --work must be different folders")
+    inputs = ReportInputs(dpt=args.dpt or default_dpt_path(), probe=args.probe,
+                          hn_itm=args.hn_itm, match_only=args.match_only,
+                          ground_only=args.ground_only, curve=args.curve, sweep=args.sweep)
+    check_inputs(inputs)
     build_report(Work(args.work, settings), inputs, args.out, command_line(args))
     print(f"wrote {args.out / 'README.md'}")
     return 0

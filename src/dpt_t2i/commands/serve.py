@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UsageError
+from ..app.demo import Demo
+from ..generation.methods import referee_preset, shipped_dpt
+from ..io.dpt_folder import read_dpt_config
 from .model_args import add_model_argument, model_folder, quiet_loading, set_threads
 
 
@@ -44,48 +46,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if args.port is not None and not 1 <= args.port <= 65535:
-        raise UsageError(f"--port must be from 1 to 65535, got {args.port}")
+        raise ValueError(f"--port must be from 1 to 65535, got {args.port}")
     model = model_folder(args.model)
-    dpt = _dpt_folder(args.dpt, model)
-    try:
+    dpt = args.dpt if args.dpt is not None else shipped_dpt(model)
+    if dpt is not None:
+        read_dpt_config(dpt)  # a one-line error before the model loads
+        dpt = dpt.resolve()
+    try:  # gradio is an extra: imported only by the command that needs it
         from ..app.page import build_page, launch
     except ImportError as err:
-        raise UsageError(f"dpt serve needs the demo extra ({err}): pip install "
+        raise ValueError(f"dpt serve needs the demo extra ({err}): pip install "
                          "\"dpt-t2i[demo]\"") from None
-    from ..app.demo import Demo
-
     quiet_loading()
-    page = build_page(Demo.load(model, dpt, _referee_settings(model)))
+    page = build_page(Demo.load(model, dpt, referee_preset(model)))
     try:
         url = launch(page, args.host, args.port)
     except OSError as err:
-        raise UsageError(f"cannot serve on {args.host} port {args.port or 'from 7860'}: "
+        raise ValueError(f"cannot serve on {args.host} port {args.port or 'from 7860'}: "
                          f"{err}") from None
     print(f"dpt serve: the page is at {url} (Ctrl+C stops the server)", flush=True)
     page.block_thread()
     return 0
-
-
-def _referee_settings(model: Path):
-    """The referee's settings, as `dpt referee` takes them: the ones measured best on the
-    shipped Shapes model there, the reference code's elsewhere."""
-    from ..generation.referee import SHAPES_SETTINGS, RefereeSettings
-    from ..io.bundle import default_model_path
-
-    return SHAPES_SETTINGS if model == default_model_path().resolve() else RefereeSettings()
-
-
-def _dpt_folder(folder: Path | None, model: Path) -> Path | None:
-    """The checked DPT folder: --dpt, else the shipped weights on the shipped model, else None."""
-    from ..io.bundle import default_model_path
-    from ..io.dpt_folder import default_dpt_path, read_dpt_config
-
-    if folder is None:
-        if model != default_model_path().resolve() or not default_dpt_path().is_dir():
-            return None
-        folder = default_dpt_path()
-    try:
-        read_dpt_config(folder)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    return folder.resolve()

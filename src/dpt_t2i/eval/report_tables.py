@@ -10,7 +10,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ..data.shapes.grammar import FAMILIES
+from ..data.shapes.grammar import FAMILIES, parse_prompt
+from ..generation.methods import METHODS
+from ..io.dpt_folder import CONFIG_FILE
 from ..io.image_folder import read_index
 from .plots import bar_chart, line_chart
 
@@ -34,10 +36,14 @@ def write_report(out: Path, data: dict, work, inputs, argv: list[str]) -> None:
     (out / "README.md").write_text("\n\n".join(sections) + "\n")
 
 
-def _label(name: str) -> str:
-    from .report import LABELS
+# the report's rows that are not generation methods of their own
+ROW_LABELS = {"hn-itm": "HN-DiffusionITM (LoRA)", "match-only": "matching only",
+              "ground-only": "grounding only", "both": "matching + grounding",
+              "both+sc": "matching + grounding + SC"}
 
-    return LABELS.get(name, name)
+
+def _label(name: str) -> str:
+    return METHODS[name].label if name in METHODS else ROW_LABELS.get(name, name)
 
 
 def _header(data: dict, argv: list[str]) -> str:
@@ -189,8 +195,6 @@ def _fig4b(out: Path, sweep: dict) -> str:
 
 def _fig5(out: Path, data: dict, work) -> str:
     """Prompts (rows: the first OOD prompt of each family) by methods (columns), image 0."""
-    from ..data.shapes.grammar import parse_prompt
-
     prompts, seen = [], set()
     for line in work.prompts("ood").read_text().splitlines():
         family = parse_prompt(line).family
@@ -238,8 +242,6 @@ def _wrapped(draw: ImageDraw.ImageDraw, text: str, xy: tuple[int, int], width: i
 def _inputs(data: dict) -> str:
     """How each compared folder was trained: a DPT folder's dpt_config.json "training" record,
     or a run folder's run_config.json."""
-    from ..io.dpt_folder import CONFIG_FILE
-
     lines = ["## The trained folders compared", "",
              "| input | folder | stage | steps | settings |", "|---|---|---|---|---|"]
     keys = {"probe": ("lr", "t_max", "match_weight", "ground_weight", "seed"),

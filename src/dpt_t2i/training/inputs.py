@@ -65,11 +65,6 @@ class FrozenParts:
     noiser: Noiser
     device: torch.device
 
-    @property
-    def noise_scheduler(self):
-        """The noiser's DDPM scheduler, for training/loop.py until it calls `noiser.add`."""
-        return self.noiser.scheduler
-
 
 def frozen_parts(bundle, device: torch.device) -> FrozenParts:
     bundle.vae.to(device)

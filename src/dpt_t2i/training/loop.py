@@ -194,7 +194,7 @@ def _optimizer_step(accelerator, objective, optimizer, parts: FrozenParts, sourc
         noise = torch.randn(latents.shape, generator=gen).to(latents.device)
         t = torch.randint(settings.t_min, settings.t_max, (len(samples),), generator=gen)
         t = t.to(latents.device)
-        noisy = parts.noise_scheduler.add_noise(latents, noise, t)
+        noisy = parts.noiser.add(latents, t, noise)
         inputs["noise"] = noise
         with accelerator.accumulate(objective):
             losses = objective(noisy, t, inputs)

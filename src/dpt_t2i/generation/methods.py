@@ -1,0 +1,386 @@
+"""The generation methods, in one registry: how a method is named, chosen, recorded and run.
+
+A method is what makes the images of a prompt and seed:
+
+    base           the model alone
+    attend-excite  the base model with Attend-and-Excite (a baseline; diffusers' pipeline)
+    dpt            a DPT folder's LoRA fused into the U-Net (stage 2; a LoRA-only folder such
+                   as `dpt tune-hn-itm`'s samples the same way)
+    dpt+sc         DPT with self-correction: z_t <- z_t + eta * grad s(z_t, y) (eq. 9)
+    referee        a latent optimised until a discriminative model judges it a match
+                   (`generation/referee.py`; its settings are `RefereeSettings`)
+
+`MethodSpec` is a method as a user chooses it (what `dpt generate`'s flags say, what an
+image's index record says, what `dpt report` caches by); `load_method` turns it into the
+modules that sample (`Method`); `sample_images` and `render` sample; `generate_folder` is
+`dpt generate` as a library call. "The shipped model means the shipped DPT weights and the
+Shapes referee preset" is decided here only (`shipped_dpt`, `referee_preset`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data.shapes.world import SHAPES
+from ..io.bundle import ModelBundle, default_model_path, load_bundle, read_vocabulary
+from ..io.dpt_folder import default_dpt_path, load_for_sampling, read_dpt_config
+from ..io.image_folder import (check_output_folder, numbered_records, publish, staging_folder,
+                               write_index, write_png)
+from ..model.score import MatchScore
+from .attend_excite import build_pipeline, sample_attend_excite, subject_words, token_indices
+from .guidance import DEFAULT_T_RANGE, MODES, SelfCorrection
+from .referee import SHAPES_SETTINGS, RefereeSettings
+from .sampling import (SCHEDULERS, decode, encode_prompts, image_generators, initial_latents,
+                       make_scheduler, sample, unet_model_fn)
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
+
+    from ..model.config import DPTConfig
+    from ..model.heads import DPTHeads
+    from .sampling import ModelFn
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What a method needs, for the commands, the report and the demo to check and show."""
+
+    label: str
+    dpt: bool      # a DPT folder (LoRA fused into the U-Net)
+    adapter: bool  # the DPT folder's adapter (its matching score steers the images)
+
+
+METHODS = {
+    "base": MethodInfo("base model", dpt=False, adapter=False),
+    "attend-excite": MethodInfo("Attend-and-Excite", dpt=False, adapter=False),
+    "dpt": MethodInfo("DPT", dpt=True, adapter=False),
+    "dpt+sc": MethodInfo("DPT + SC", dpt=True, adapter=True),
+    "referee": MethodInfo("referee", dpt=True, adapter=True),
+}
+SAMPLED = ("base", "attend-excite", "dpt", "dpt+sc")  # the methods `sample_images` runs
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How every sampled method denoises (`dpt generate`'s defaults)."""
+
+    steps: int = 25           # denoising steps
+    guidance: float = 7.5     # classifier-free guidance scale; <= 1 turns it off
+    scheduler: str = "ddim"   # a key of sampling.SCHEDULERS
+    batch_size: int = 8       # images denoised together
+
+    def __post_init__(self):
+        if self.steps <= 0 or self.batch_size <= 0:
+            flag = "--steps" if self.steps <= 0 else "--batch-size"
+            value = self.steps if self.steps <= 0 else self.batch_size
+            raise ValueError(f"{flag} must be a positive whole number, got {value}")
+        if not math.isfinite(self.guidance) or self.guidance < 0:
+            raise ValueError(f"--guidance must be a finite number >= 0, got {self.guidance}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; expected one of "
+                             f"{', '.join(SCHEDULERS)}")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method as a user chooses it; `index_fields` is what an image's record says of it."""
+
+    name: str = "base"                  # a key of METHODS (not "referee": `dpt referee`)
+    dpt: Path | None = None             # the DPT folder of dpt and dpt+sc (resolved)
+    eta: float | None = None            # dpt+sc: self-correction step size (> 0)
+    sc_range: tuple[float, float] = DEFAULT_T_RANGE  # dpt+sc: timesteps corrected
+    sc_mode: str = "carry"              # dpt+sc: a key of guidance.MODES
+    subject_words: tuple[str, ...] | None = None  # attend-excite: None finds them
+
+    def __post_init__(self):
+        if self.name not in SAMPLED:
+            raise ValueError(f"unknown sampling method {self.name!r}; expected one of "
+                             f"{', '.join(SAMPLED)}")
+        if METHODS[self.name].dpt != (self.dpt is not None):
+            raise ValueError(f"method {self.name} {'needs' if self.dpt is None else 'takes no'} "
+                             "DPT folder")
+        if (self.name == "dpt+sc") != (self.eta is not None):
+            raise ValueError("self-correction's eta goes with method dpt+sc, and only with it")
+        check_self_correction(self.eta, self.sc_range, self.sc_mode)
+
+    def index_fields(self) -> dict:
+        """The index fields that say which method made an image."""
+        if self.name in ("base", "attend-excite"):
+            return {"method": self.name}
+        if self.name == "dpt":
+            return {"method": "dpt", "dpt": str(self.dpt)}
+        return {"method": "dpt+sc", "dpt": str(self.dpt), "eta": self.eta,
+                "sc_range": list(self.sc_range), "sc_mode": self.sc_mode}
+
+
+def check_self_correction(eta: float | None, sc_range: tuple[float, float], mode: str) -> None:
+    """ValueError for a self-correction step that is not > 0, a timestep range that is not
+    LOW <= HIGH, or an unknown mode (named as `dpt generate`'s flags name them)."""
+    if eta is not None and not (math.isfinite(eta) and eta > 0):
+        raise ValueError(f"--self-correct must be a finite number > 0, got {eta}")
+    low, high = sc_range
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise ValueError(f"--self-correct-range needs finite LOW <= HIGH, got {low} {high}")
+    if mode not in MODES:
+        raise ValueError(f"self-correction mode must be one of {', '.join(MODES)}, "
+                         f"got {mode!r}")
+
+
+def shipped_dpt(model: Path) -> Path | None:
+    """The shipped DPT folder when `model` is the shipped Shapes model, else None."""
+    shipped = default_dpt_path()
+    if Path(model).resolve() == default_model_path().resolve() and shipped.is_dir():
+        return shipped
+    return None
+
+
+def referee_preset(model: Path) -> RefereeSettings:
+    """The referee settings a model starts from: measured ones on the shipped Shapes model,
+    the reference code's elsewhere."""
+    if Path(model).resolve() == default_model_path().resolve():
+        return SHAPES_SETTINGS
+    return RefereeSettings()
+
+
+def choose_method(model: Path, base: bool = False, dpt: Path | None = None,
+                  eta: float | None = None, sc_range: tuple[float, float] = DEFAULT_T_RANGE,
+                  sc_mode: str = "carry", attend_excite: bool = False,
+                  subject_words: tuple[str, ...] | None = None) -> MethodSpec:
+    """The method `dpt generate`'s flags choose, with the DPT folder checked and resolved.
+
+    Without `dpt`, the shipped model samples with its shipped DPT weights and any other
+    model with none (self-correction then needs `dpt`).
+    """
+    if attend_excite:
+        return MethodSpec("attend-excite", subject_words=subject_words)
+    if base:
+        return MethodSpec("base")
+    folder = dpt if dpt is not None else shipped_dpt(model)
+    if folder is None:
+        if eta is not None:
+            raise ValueError("--self-correct needs DPT weights: pass --dpt PATH (there are no "
+                             "shipped DPT weights for this model)")
+        return MethodSpec("base")
+    read_dpt_config(folder)  # a ValueError naming the folder, before the model loads
+    if eta is None:
+        return MethodSpec("dpt", dpt=Path(folder).resolve())
+    return MethodSpec("dpt+sc", dpt=Path(folder).resolve(), eta=eta, sc_range=tuple(sc_range),
+                      sc_mode=sc_mode)
+
+
+@dataclass
+class Method:
+    """What samples the images: the base model, or DPT heads (LoRA fused) and self-correction."""
+
+    heads: DPTHeads | None = None
+    config: DPTConfig | None = None
+    eta: float = 0.0                               # self-correction off at 0
+    t_range: tuple[float, float] = DEFAULT_T_RANGE  # timesteps on which to correct
+    mode: str = "carry"
+    subjects: dict[str, list[int]] | None = None   # Attend-and-Excite: prompt -> token indices
+    early_exit: bool = True  # the score stops the U-Net at the adapter's block (False: cost bench)
+
+    def model_fn(self, bundle: ModelBundle, prompts: list[str]) -> ModelFn | None:
+        """The batch's noise prediction: None (the plain U-Net) unless self-correcting."""
+        if self.heads is None or self.eta == 0:
+            return None
+        score = MatchScore(bundle, self.heads, self.config, early_exit=self.early_exit)
+        return SelfCorrection(unet_model_fn(bundle), score, score.texts(prompts), self.eta,
+                              self.t_range, self.mode)
+
+
+def load_method(bundle: ModelBundle, spec: MethodSpec, prompts: list[str]) -> Method:
+    """The modules that sample `spec` on `bundle` (a DPT folder's LoRA is fused into its
+    U-Net); ValueError for a prompt Attend-and-Excite cannot read or a DPT folder that does
+    not fit."""
+    if spec.name == "attend-excite":
+        return Method(subjects=subject_indices(bundle, prompts, spec.subject_words))
+    if spec.dpt is None:
+        return Method()
+    heads, config = load_for_sampling(spec.dpt, bundle.unet)
+    if spec.eta is not None and heads is None:
+        raise ValueError(f"--self-correct needs an adapter to score with; {spec.dpt} holds "
+                         f"LoRA only")
+    return Method(heads=heads, config=config, eta=spec.eta or 0.0, t_range=spec.sc_range,
+                  mode=spec.sc_mode)
+
+
+def subject_indices(bundle: ModelBundle, prompts: list[str],
+                    words: tuple[str, ...] | None) -> dict[str, list[int]]:
+    """Each prompt's Attend-and-Excite token indices: of `words`, or of the shape nouns on a
+    Shapes model, or of each phrase's last word; ValueError naming a prompt without any."""
+    nouns = list(words) if words is not None else None
+    if nouns is None and bundle.vocabulary is not None:
+        nouns = [*SHAPES, *(s + "s" for s in SHAPES)]
+    out = {}
+    for prompt in prompts:
+        found = subject_words(prompt, nouns)
+        if not found:
+            raise ValueError(f"--attend-excite: prompt {prompt!r} has no subject word to excite "
+                             "(give them with --subject-words)")
+        try:
+            out[prompt] = token_indices(bundle.tokenizer, prompt, found)
+        except ValueError as err:
+            raise ValueError(f"--attend-excite: {err}") from None
+    return out
+
+
+def plan_images(prompts: list[str], spec: MethodSpec, sampler: SamplerSettings, model: Path,
+                num_images: int, seed: int, benchmark: list[dict] | None = None) -> list[dict]:
+    """One index record per image, in run order: image k gets seed S+k and file k.png.
+
+    `benchmark` (one dict per prompt) goes into each of the prompt's records under
+    "benchmark".
+    """
+    settings = {"steps": sampler.steps, "guidance": sampler.guidance,
+                "scheduler": sampler.scheduler, "model": str(model), **spec.index_fields()}
+    records = numbered_records(prompts, num_images, seed, settings)
+    if benchmark is not None:
+        for record in records:
+            record["benchmark"] = benchmark[record["prompt_index"]]
+    return records
+
+
+def check_lengths(tokenizer: CLIPTokenizer, prompts: list[str]) -> None:
+    """ValueError for a prompt the text encoder would truncate (start and end tokens count)."""
+    limit = tokenizer.model_max_length
+    for prompt in prompts:
+        n = len(tokenizer.tokenize(prompt)) + 2
+        if n > limit:
+            raise ValueError(f"prompt {prompt!r} is {n} tokens long with start and end tokens; "
+                             f"the model reads at most {limit}")
+
+
+def check_vocabulary(prompts: list[str], vocabulary: tuple[str, ...], model: Path) -> None:
+    """ValueError naming the first word of a prompt that the model's world lacks.
+
+    Words are compared in lower case, as the CLIP tokenizer lower-cases text.
+    """
+    known = {w.lower() for w in vocabulary}
+    for prompt in prompts:
+        for word in prompt.split():
+            if word.lower() not in known:
+                raise ValueError(f"word {word!r} in prompt {prompt!r} is not in the vocabulary "
+                                 f"of the Shapes model {model}; known words: "
+                                 f"{' '.join(vocabulary)}")
+
+
+@dataclass
+class FolderRun:
+    """`dpt generate` as a library call: what to make and where (see `generate_folder`)."""
+
+    model: Path                       # a checked model folder
+    prompts: list[str]
+    out: Path
+    spec: MethodSpec = field(default_factory=MethodSpec)
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    num_images: int = 4               # per prompt
+    seed: int = 0                     # image k of the run uses seed + k
+    benchmark: list[dict] | None = None  # one dict per prompt, recorded under "benchmark"
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.num_images <= 0:
+            raise ValueError(f"--num-images must be a positive whole number, "
+                             f"got {self.num_images}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be 0 or more, got {self.seed}")
+
+    def plan(self) -> list[dict]:
+        return plan_images(self.prompts, self.spec, self.sampler, self.model, self.num_images,
+                           self.seed, self.benchmark)
+
+
+def generate_folder(run: FolderRun, bundle: ModelBundle | None = None,
+                    before_load: Callable[[Path], None] | None = None) -> list[dict]:
+    """Sample every image of `run` into run.out (PNGs and index.jsonl); return the records.
+
+    Every input is checked before the model loads (`before_load` gets the resolved output
+    folder then, for a caller's own checks), and the folder is written through a staging
+    folder, so a bad input writes nothing and an interruption never leaves an index that
+    names a missing image.
+
+    Args:
+        run: what to make and where.
+        bundle: the model already loaded from run.model (default: loaded here).
+    """
+    vocabulary = read_vocabulary(run.model) if bundle is None else bundle.vocabulary
+    if vocabulary is not None:
+        check_vocabulary(run.prompts, vocabulary, run.model)
+    records = run.plan()
+    out = check_output_folder(run.out, [r["file"] for r in records], overwrite=run.overwrite)
+    if before_load is not None:
+        before_load(out)
+    bundle = bundle or load_bundle(run.model)
+    check_lengths(bundle.tokenizer, run.prompts)
+    method = load_method(bundle, run.spec, run.prompts)
+    if method.subjects is not None:
+        for record in records:
+            record["subject_tokens"] = method.subjects[record["prompt"]]
+    with staging_folder(out) as stage:
+        render(bundle, records, stage, run.sampler, method)
+        write_index(stage, records)
+        publish(stage, out, overwrite=run.overwrite)
+    return records
+
+
+def render(bundle: ModelBundle, records: list[dict], folder: Path, sampler: SamplerSettings,
+           method: Method | None = None) -> None:
+    """Sample each record's image from its prompt and seed; write it as folder / record["file"].
+
+    Args:
+        bundle: the model.
+        records: from `plan_images`.
+        folder: where the PNGs go.
+        sampler: steps, guidance, scheduler and batch size.
+        method: DPT heads and self-correction (default: the bundle's U-Net as it is).
+    """
+    with tqdm(total=len(records), unit="image", desc="generate", dynamic_ncols=True) as bar:
+        for start in range(0, len(records), sampler.batch_size):
+            batch = records[start:start + sampler.batch_size]
+            images = sample_images(bundle, [r["prompt"] for r in batch],
+                                   [r["seed"] for r in batch], sampler.steps, sampler.guidance,
+                                   sampler.scheduler, method)
+            for record, image in zip(batch, images):
+                write_png(folder / record["file"], image)
+            bar.update(len(batch))
+
+
+def sample_images(bundle: ModelBundle, prompts: list[str], seeds: list[int], steps: int,
+                  guidance: float, scheduler_name: str, method: Method | None = None,
+                  progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Images of B prompts, image k from the noise of seeds[k], denoised together.
+
+    Args:
+        bundle: the model.
+        prompts / seeds: B of each.
+        steps / guidance / scheduler_name: as `sampling.sample` takes them.
+        method: DPT heads and self-correction, or Attend-and-Excite subjects (default: the
+            bundle's U-Net as it is).
+        progress: called with the number of denoising steps done after each step (not called
+            by Attend-and-Excite, which runs diffusers' pipeline).
+
+    Returns:
+        (B, H, W, 3) uint8 images.
+    """
+    method = method or Method()
+    scheduler = make_scheduler(scheduler_name, bundle.scheduler_config)
+    generators = image_generators(seeds)
+    scheduler.set_timesteps(steps)
+    latents = initial_latents(seeds, bundle.latent_shape(), scheduler, generators)
+    if method.subjects is not None:
+        return sample_attend_excite(build_pipeline(bundle, scheduler), bundle, prompts,
+                                    [method.subjects[p] for p in prompts], latents, steps,
+                                    guidance)
+    cond = encode_prompts(bundle, prompts)  # (B, L, D)
+    uncond = encode_prompts(bundle, [""] * len(prompts)) if guidance > 1 else None
+    latents = sample(bundle, cond, uncond, latents, steps, guidance, scheduler,
+                     model_fn=method.model_fn(bundle, prompts), progress=progress,
+                     generators=generators)
+    return decode(bundle, latents)
