@@ -12,6 +12,10 @@ import json
 import sys
 from pathlib import Path
 
+from ..eval.alignment import format_table, judge_folders, summarize, unjudged_folders
+from ..eval.metrics import image_metrics, load_metric_models
+from ..eval.quality import quality_by_split
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("evaluate", help="alignment accuracy of generated Shapes images",
@@ -44,12 +48,8 @@ def run(args: argparse.Namespace) -> int:
         if not (folder / "index.jsonl").is_file():
             raise ValueError(f"{folder} has no index.jsonl; expected a folder written by "
                              "`dpt generate`")
-    from ..eval.alignment import format_table, judge_folders, summarize, unjudged_folders
-
     models, unjudged = None, {}
     if args.clip_model or args.inception_weights or args.fid_reference:
-        from ..eval.metrics import load_metric_models
-
         models = load_metric_models(args.clip_model, args.inception_weights, args.fid_reference)
         unjudged = unjudged_folders(args.folders)
         for folder, (why, _) in unjudged.items():
@@ -59,13 +59,9 @@ def run(args: argparse.Namespace) -> int:
     verdicts = judge_folders(judged) if judged else []
     table = summarize(verdicts)
     if args.quality and verdicts:
-        from ..eval.quality import quality_by_split
-
         for split, fd in quality_by_split(verdicts).items():
             table[split]["fd"] = fd
     if models is not None:
-        from ..eval.metrics import image_metrics
-
         groups = {split: [v for v in verdicts if v["split"] == split] for split in table}
         groups.update({str(folder): records for folder, (_, records) in unjudged.items()})
         for name, row in image_metrics(groups, models).items():

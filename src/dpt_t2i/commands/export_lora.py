@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..io.interchange import export_diffusers_lora
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export-lora", help="a DPT folder's LoRA in diffusers' LoRA format",
@@ -23,8 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.interchange import export_diffusers_lora
-
     try:
         path = export_diffusers_lora(args.dpt, args.out)
     except OSError as err:  # an unwritable --out: the command line reports ValueErrors only

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..io.interchange import import_official
 from .model_args import add_model_argument, model_folder, quiet_loading
 
 
@@ -33,7 +34,6 @@ def run(args: argparse.Namespace) -> int:
     quiet_loading()
     from diffusers import UNet2DConditionModel
 
-    from ..io.interchange import import_official
 
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", local_files_only=True)
     try:

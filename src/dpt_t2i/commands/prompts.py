@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..data.shapes.splits import benchmark_prompts
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("prompts", help="the Shapes benchmark prompt list of a split",
@@ -22,8 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.per_family <= 0:
         raise ValueError(f"--per-family must be a positive whole number, got {args.per_family}")
-    from ..data.shapes.splits import benchmark_prompts
-
     prompts = benchmark_prompts(args.split, args.per_family, args.seed)
     text = "".join(p.text + "\n" for p in prompts)
     if args.out is None:

@@ -12,11 +12,20 @@ import argparse
 import json
 from pathlib import Path
 
+from ..data.sources import ShapesSource
 from ..eval.disc_run import DiscSettings
+from ..eval.discriminative import DiscriminativeScorer, evaluate_shapes
+from ..eval.plots import bar_chart
+from ..io.bundle import load_bundle
+from ..io.dpt_folder import load_dpt
+from ..model.adapter import AdapterConfig
 from ..model.config import CONDITIONS, DPTConfig
+from ..model.features import block_channels, block_names
+from ..training.loop import train_dpt
 from ..training.settings import TrainSettings
 from .model_args import (add_model_argument, add_threads_argument, model_folder, quiet_loading,
                          set_threads, settings_from_args)
+from .train import latent_side
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,9 +53,6 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(TrainSettings, args, stage="probe")
     model = model_folder(args.model)
     quiet_loading()
-    from ..io.bundle import load_bundle
-    from ..model.features import block_names
-
     names = block_names(load_bundle(model).unet)
     blocks = args.blocks.split(",") if args.blocks else names
     unknown = [b for b in blocks if b not in names]
@@ -61,15 +67,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _probe_and_evaluate(args: argparse.Namespace, model: Path, block: str,
                         settings: TrainSettings) -> dict:
-    from ..data.sources import ShapesSource
-    from ..eval.discriminative import DiscriminativeScorer, evaluate_shapes
-    from ..io.bundle import load_bundle
-    from ..io.dpt_folder import load_dpt
-    from ..model.adapter import AdapterConfig
-    from ..model.features import block_channels
-    from ..training.loop import train_dpt
-    from .train import latent_side
-
     run_dir = args.run_dir / block
     cached = run_dir / "eval.json"
     if cached.is_file():
@@ -93,8 +90,6 @@ def _probe_and_evaluate(args: argparse.Namespace, model: Path, block: str,
 
 def write_sweep(run_dir: Path, rows: dict[str, dict], args: argparse.Namespace) -> None:
     """sweep.md (table) and sweep.png (OOD ITM overall and REC per block)."""
-    from ..eval.plots import bar_chart
-
     lines = [f"Probe of each block: {args.steps} steps x {args.batch}, condition "
              f"{args.condition}; evaluated at t={args.timestep}.", "",
              "| block | ITM ID | ITM OOD | REC ID | REC OOD | s/step |",

@@ -13,11 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
+from ..data.coco import read_coco_captions
+from ..data.real import RealDPTData
+from ..data.refcoco import read_refcoco
+from ..data.shapes.world import CANVAS
+from ..data.sources import ShapesSource
+from ..io.bundle import load_bundle
+from ..io.dpt_folder import load_dpt
 from ..model.adapter import MATCH_TEXTS, AdapterConfig
 from ..model.config import CONDITIONS, GROUND_CONDITIONS, DPTConfig
+from ..model.features import block_channels, block_names
 from ..model.lora import TARGETS, LoraSettings
+from ..training.loop import train_dpt
 from ..training.settings import STAGE_DEFAULTS, TrainSettings
 from .model_args import (add_model_argument, add_threads_argument, model_folder, quiet_loading,
                          set_threads, settings_from_args)
@@ -143,9 +153,6 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     model = model_folder(args.model)
     quiet_loading()
-    from ..io.bundle import load_bundle
-    from ..training.loop import train_dpt
-
     bundle = load_bundle(model)
     config, init_heads = _dpt_config(args, bundle)
     source = _source(args, bundle, settings)
@@ -173,9 +180,6 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
 
 def _dpt_config(args: argparse.Namespace, bundle):
     """The DPT config of the run, and the heads to start from (stage 2)."""
-    from ..io.dpt_folder import load_dpt
-    from ..model.features import block_channels, block_names
-
     if args.stage == "hn-itm":  # LoRA only; the block is never read
         return DPTConfig(adapter=None, lora=_lora(args)), None
     if args.stage == "tune":
@@ -217,8 +221,6 @@ def _lora(args: argparse.Namespace) -> LoraSettings:
 
 def image_side(bundle, args: argparse.Namespace) -> int:
     """Pixels per image side the run feeds the VAE: the Shapes canvas or --resolution."""
-    from ..data.shapes.world import CANVAS
-
     if getattr(args, "coco_captions", None) is None:
         return CANVAS
     return args.resolution or 8 * int(bundle.unet.config.sample_size)
@@ -230,8 +232,6 @@ def latent_side(bundle, args: argparse.Namespace) -> int:
 
 
 def _check_fits(config, bundle, what: str) -> None:
-    from ..model.features import block_channels
-
     want = block_channels(bundle.unet, config.block)
     text = bundle.text_encoder.config.hidden_size
     if config.adapter.feature_dim != want or config.adapter.text_dim != text:
@@ -241,8 +241,6 @@ def _check_fits(config, bundle, what: str) -> None:
 
 
 def _source(args: argparse.Namespace, bundle, settings):
-    from ..data.sources import ShapesSource
-
     if args.coco_captions is None and args.coco_images is None:
         if args.refcoco_refs or args.refcoco_instances:
             raise ValueError("RefCOCO files need --coco-captions and --coco-images too "
@@ -252,10 +250,6 @@ def _source(args: argparse.Namespace, bundle, settings):
         raise ValueError("give both --coco-captions and --coco-images")
     if (args.refcoco_refs is None) != (args.refcoco_instances is None):
         raise ValueError("give both --refcoco-refs and --refcoco-instances, or neither")
-    from ..data.coco import read_coco_captions
-    from ..data.real import RealDPTData
-    from ..data.refcoco import read_refcoco
-
     resolution = image_side(bundle, args)
     captioned = read_coco_captions(args.coco_captions, args.coco_images)
     refs = (read_refcoco(args.refcoco_refs, args.refcoco_instances, args.coco_images, {"train"})
@@ -265,8 +259,6 @@ def _source(args: argparse.Namespace, bundle, settings):
 
 def _check_run_folder(run_dir: Path, model: Path, config, settings, resume: bool) -> None:
     """Record what the run is; a resumed run must be the same run."""
-    from dataclasses import asdict
-
     record = {"model": str(model), "dpt": config.to_dict(),
               "settings": {k: v for k, v in asdict(settings).items()
                            if k not in ("checkpoint_every", "keep_checkpoints", "log_with")}}

@@ -6,6 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
+from ..io.dpt_folder import half_copy
+from ..shapes_model.assemble import assemble
+from ..shapes_model.clip import train_clip
+from ..shapes_model.unet import train_unet
+from ..shapes_model.vae import train_vae
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     world = sub.add_parser("world", help="train and assemble the embedded Shapes model")
@@ -77,8 +83,6 @@ def _setup(args: argparse.Namespace) -> None:
 
 def _train_vae(args: argparse.Namespace) -> int:
     _setup(args)
-    from ..shapes_model.vae import train_vae
-
     summary = train_vae(args.run_dir, steps=args.steps, batch=args.batch, lr=args.lr,
                         crop_steps=args.crop_steps, fg_weight=args.fg_weight, halo=args.halo,
                         init=args.init, decoder_only=args.decoder_only, seed=args.seed,
@@ -89,8 +93,6 @@ def _train_vae(args: argparse.Namespace) -> int:
 
 def _train_clip(args: argparse.Namespace) -> int:
     _setup(args)
-    from ..shapes_model.clip import train_clip
-
     summary = train_clip(args.run_dir, steps=args.steps, batch=args.batch, lr=args.lr,
                          seed=args.seed, resume=args.resume == "latest",
                          checkpoint_every=args.checkpoint_every)
@@ -100,8 +102,6 @@ def _train_clip(args: argparse.Namespace) -> int:
 
 def _train_unet(args: argparse.Namespace) -> int:
     _setup(args)
-    from ..shapes_model.unet import train_unet
-
     summary = train_unet(args.run_dir, args.vae, args.clip, steps=args.steps, batch=args.batch,
                          lr=args.lr, pool_size=args.pool_size, seed=args.seed,
                          resume=args.resume == "latest", checkpoint_every=args.checkpoint_every)
@@ -110,8 +110,6 @@ def _train_unet(args: argparse.Namespace) -> int:
 
 
 def _assemble(args: argparse.Namespace) -> int:
-    from ..shapes_model.assemble import assemble
-
     for flag, path in (("--vae", args.vae), ("--clip", args.clip), ("--unet", args.unet)):
         if not (path / "config.json").is_file():
             raise ValueError(f"{flag} {path} has no config.json; expected a trained final/ folder")
@@ -125,8 +123,6 @@ def _assemble(args: argparse.Namespace) -> int:
 
 
 def _ship_dpt(args: argparse.Namespace) -> int:
-    from ..io.dpt_folder import half_copy
-
     try:
         out = half_copy(args.dpt, args.out)
     except ValueError as err:

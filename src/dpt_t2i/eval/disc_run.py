@@ -12,7 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .zero_shot import DEFAULT_TIMESTEPS
+from ..data.coco import read_coco_captions
+from ..data.real import RecEvalSet
+from ..data.refcoco import read_refcoco
+from ..io.bundle import load_bundle
+from ..io.dpt_folder import load_dpt
+from .discriminative import (DiscriminativeScorer, RECItem, coco_itm_items, evaluate_itm,
+                             evaluate_rec, shapes_itm_item, shapes_rec_items)
+from .quality import CLIP_FOLDER, load_clip_and_tokenizer
+from .zero_shot import DEFAULT_TIMESTEPS, CLIPScorer, DiffusionITMScorer
 
 METHODS = ("dpt", "clip", "diffusion-itm")
 TIMESTEPS_EXPECTED = "--itm-timesteps must be comma-separated whole numbers in [0, 1000)"
@@ -100,8 +108,6 @@ def run_discriminative(settings: DiscSettings, bundle=None, progress: bool = Tru
         ValueError: a folder or file that cannot be read, naming the flag that gave it.
     """
     if bundle is None:
-        from ..io.bundle import load_bundle  # imported here: diffusers takes seconds to load
-
         bundle = load_bundle(settings.model)
     record = {"method": settings.method, "dpt": str(settings.dpt) if settings.dpt else None,
               "model": str(settings.model), "seed": settings.seed}
@@ -117,12 +123,7 @@ def run_discriminative(settings: DiscSettings, bundle=None, progress: bool = Tru
 
 def _scorer(settings: DiscSettings, bundle, record: dict):
     """The scorer of `settings.method`; adds its settings to `record`."""
-    from ..io.dpt_folder import load_dpt
-
     if settings.method == "clip":
-        from .quality import CLIP_FOLDER, load_clip_and_tokenizer
-        from .zero_shot import CLIPScorer
-
         folder = settings.clip_model or CLIP_FOLDER
         try:
             clip, tokenizer = load_clip_and_tokenizer(folder)
@@ -138,20 +139,14 @@ def _scorer(settings: DiscSettings, bundle, record: dict):
     except ValueError as err:  # the folder's problem, named by the flag that gave it
         raise ValueError(f"--dpt: {err}") from None
     if settings.method == "diffusion-itm":
-        from .zero_shot import DiffusionITMScorer
-
         record["itm_timesteps"] = list(settings.itm_timesteps)
         return DiffusionITMScorer(bundle, settings.itm_timesteps, settings.seed)
-    from .discriminative import DiscriminativeScorer
-
     record.update(timestep=settings.timestep, condition=config.condition, block=config.block)
     return DiscriminativeScorer(bundle, heads, config, settings.timestep, settings.seed)
 
 
 def _shapes(settings: DiscSettings, scorer, progress: bool) -> dict:
     """ITM and REC on fresh ID and OOD scenes of the Shapes world."""
-    from .discriminative import evaluate_itm, evaluate_rec, shapes_itm_item, shapes_rec_items
-
     seed, out = settings.seed, {"itm": {}, "rec": {}}
     for split in ("id", "ood"):
         if settings.n_itm:
@@ -165,9 +160,6 @@ def _shapes(settings: DiscSettings, scorer, progress: bool) -> dict:
 
 def _real(settings: DiscSettings, scorer, bundle, progress: bool) -> dict:
     """ITM on COCO captions and REC per RefCOCO split; counts the images that failed to load."""
-    from ..data.coco import read_coco_captions
-    from .discriminative import coco_itm_items, evaluate_itm
-
     resolution = settings.resolution or 8 * int(bundle.unet.config.sample_size)
     out: dict = {"itm": {}, "rec": {}, "skipped_images": 0}
     if settings.coco_captions and settings.n_itm:
@@ -186,10 +178,6 @@ def _real(settings: DiscSettings, scorer, bundle, progress: bool) -> dict:
 
 def _refcoco(settings: DiscSettings, scorer, resolution: int, rec: dict, progress: bool) -> int:
     """REC per RefCOCO split into `rec`; returns the number of images skipped."""
-    from ..data.real import RecEvalSet
-    from ..data.refcoco import read_refcoco
-    from .discriminative import RECItem, evaluate_rec
-
     splits = settings.refcoco_splits
     images = settings.refcoco_images or settings.coco_images
     refs = read_refcoco(settings.refcoco_refs, settings.refcoco_instances, images, set(splits))

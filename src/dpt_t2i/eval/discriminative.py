@@ -21,10 +21,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..data.real import load_rgb
 from ..data.samples import images_to_tensor
 from ..data.shapes.dpt_samples import make_dpt_sample
 from ..data.shapes.grammar import parse_prompt, satisfied, scene_for
 from ..data.shapes.world import render
+from ..data.text_negatives import caption_negatives
 from ..model.boxes import box_cxcywh_to_xyxy, box_iou
 from ..model.config import DPTConfig
 from ..model.heads import DPTHeads, rec_choice
@@ -193,9 +195,6 @@ def coco_itm_items(captioned: list, resolution: int, n: int, seed: int = 1
     Returns:
         the items (up to n, fewer when images are missing) and the number of images skipped.
     """
-    from ..data.real import load_rgb
-    from ..data.text_negatives import caption_negatives
-
     rng = np.random.default_rng([seed, 3])
     order = rng.permutation(len(captioned))
     items, skipped = [], 0

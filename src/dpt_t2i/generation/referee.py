@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..eval.zero_shot import clip_image_embeds, clip_text_embeds
 from ..model.latents import Noiser, decode_latents, encode_latents
 from ..model.score import MatchScore, MatchTexts
 from .sampling import encode_prompts, image_generators, initial_latents, make_scheduler, sample
@@ -233,8 +234,6 @@ def optimise(decode: Callable[[Tensor], Tensor], scorer: Scorer, prompts: list[s
 def clip_scorer(model, tokenizer) -> Scorer:
     """A CLIP model's cosine similarity of image and prompt (the Shapes CLIP reads images in
     [-1, 1] at the world's size)."""
-    from ..eval.zero_shot import clip_image_embeds, clip_text_embeds
-
     cache: dict[str, Tensor] = {}
 
     def score(images: Tensor, prompts: list[str]) -> Tensor:

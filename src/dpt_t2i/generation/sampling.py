@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+import diffusers
 import numpy as np
 import torch
 
@@ -43,8 +44,6 @@ def make_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
     """A fresh scheduler of kind `name` (a key of SCHEDULERS) built from a model's config."""
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULERS)}")
-    import diffusers  # imported here: seconds to import, and the CLI checks names first
-
     return getattr(diffusers, SCHEDULERS[name]).from_config(config)
 
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..data.shapes.grammar import vocabulary
+
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -102,8 +104,6 @@ def read_vocabulary(folder: str | Path) -> tuple[str, ...] | None:
         raise ValueError(f"cannot read {marker} ({_one_line(err)}); {expected}") from None
     words = data.get("vocabulary") if isinstance(data, dict) else None
     if words is None and isinstance(data, dict):
-        from ..data.shapes.grammar import vocabulary
-
         return vocabulary()
     if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
         raise ValueError(f"{marker} has no list of words; {expected}")

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..data.shapes.dataset import images_to_tensor, make_sample
-from ..model.text import tokenize
+from ..model.text import encode_texts as encode_batch
 from .loop import run_loop
 
 TEXT_WIDTH = 128  # the Shapes CLIP text encoder's hidden size (shapes_model.clip.build_clip)
@@ -74,14 +74,13 @@ def encode_pool(vae: AutoencoderKL, seed: int, size: int, path: Path) -> dict:
 @torch.no_grad()
 def encode_texts(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  texts: list[str]) -> dict[str, torch.Tensor]:
-    """Last hidden states of each distinct text, as StableDiffusionPipeline computes them."""
+    """Last hidden states of each distinct text and of "", through the project's one text
+    encoder call (`model.text.encode_texts`), 512 texts a call."""
     unique = sorted(set(texts) | {""})
     out = {}
     for i in range(0, len(unique), 512):
         chunk = unique[i:i + 512]
-        ids = tokenize(tokenizer, chunk).input_ids
-        hidden = text_encoder(ids)[0]  # (b, L, D)
-        out.update(zip(chunk, hidden))
+        out.update(zip(chunk, encode_batch(text_encoder, tokenizer, chunk, unique=False).hidden))
     return out
 
 
