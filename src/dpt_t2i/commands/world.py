@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from ..io.dpt_folder import half_copy
-from ..shapes_model.assemble import assemble
 from ..shapes_model.clip import train_clip
 from ..shapes_model.unet import train_unet
 from ..shapes_model.vae import train_vae
@@ -110,6 +109,10 @@ def _train_unet(args: argparse.Namespace) -> int:
 
 
 def _assemble(args: argparse.Namespace) -> int:
+    # imported here: diffusers' pipeline module makes transformers warn about torchvision on
+    # import, which every other command would print
+    from ..shapes_model.assemble import assemble
+
     for flag, path in (("--vae", args.vae), ("--clip", args.clip), ("--unet", args.unet)):
         if not (path / "config.json").is_file():
             raise ValueError(f"{flag} {path} has no config.json; expected a trained final/ folder")
