@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import metadata
 
 from .commands import (evaluate, evaluate_disc, export_lora, generate, import_official, prompts,
                        referee, report, serve, sweep_blocks, train, world)
@@ -16,6 +17,7 @@ from .commands import (evaluate, evaluate_disc, export_lora, generate, import_of
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpt", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"dpt {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     generate.register(sub)
     evaluate.register(sub)
@@ -30,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     referee.register(sub)
     serve.register(sub)
     return parser
+
+
+def _version() -> str:
+    """The installed package's version (a source tree that is not installed has none)."""
+    try:
+        return metadata.version("dpt-t2i")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from ..generation.methods import (FolderRun, MethodSpec, SamplerSettings, check_
                                   choose_method, generate_folder)
 from ..generation.sampling import SCHEDULERS
 from ..io.image_folder import INDEX
-from .model_args import model_folder, quiet_loading
+from .model_args import add_threads_argument, model_folder, quiet_loading, set_threads
 from .prompt_input import add_benchmark_arguments, add_prompt_arguments, read_prompt_set
 
 
@@ -86,10 +86,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--overwrite", action="store_true",
                      help="replace an earlier run in DIR (its index and images), and the "
                           "prompt folders in --geneval-out DIR")
+    add_threads_argument(gen)
     gen.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     sampler = SamplerSettings(args.steps, args.guidance, args.scheduler, args.batch_size)
     check_self_correction(args.self_correct, tuple(args.self_correct_range),
                           args.self_correct_mode)
