@@ -1,6 +1,7 @@
 """DPT stages 1 and 2 on a tiny random model: outputs, frozen parts, accumulation, resume."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -120,7 +121,7 @@ def test_gradient_accumulation_takes_one_update_per_step(shipped, tmp_path):
 
 
 @pytest.mark.parametrize("stage", ["probe", "tune"])
-def test_killed_run_resumes_to_identical_weights(shipped, tmp_path, monkeypatch, stage):
+def test_killed_run_resumes_to_identical_weights(shipped, tmp_path, monkeypatch, capsys, stage):
     config = probe_config()
     if stage == "tune":
         config.lora = LoraSettings(rank=2, alpha=2.0, targets="all")
@@ -142,10 +143,40 @@ def test_killed_run_resumes_to_identical_weights(shipped, tmp_path, monkeypatch,
         run(shipped, tmp_path / "run", config, s)
     assert taken == [0, 1, 2] and (tmp_path / "run" / "latest").read_text() == "step-00000002"
     monkeypatch.setattr(loop_module, "_optimizer_step", real_step)
+    capsys.readouterr()
     summary = run(shipped, tmp_path / "run", config, s)
     assert summary["steps_this_run"] == 2
+    assert _resume_lines(capsys) == [
+        f"resuming from {tmp_path / 'run' / 'step-00000002'} (step 2)"]
     assert_identical(tmp_path / "reference" / "final", tmp_path / "run" / "final")
     assert_identical(tmp_path / "reference" / "step-00000004", tmp_path / "run" / "step-00000004")
+
+
+def _resume_lines(capsys) -> list[str]:
+    """The lines a run wrote to stderr about where it resumed (between loading bars)."""
+    return [line for line in capsys.readouterr().err.splitlines() if "resum" in line]
+
+
+@pytest.mark.parametrize("damaged", ["heads.safetensors", "optimizer.optim.safetensors"])
+def test_a_truncated_newest_checkpoint_resumes_from_the_previous_one(shipped, tmp_path, capsys,
+                                                                     damaged):
+    config, s = probe_config(), settings(steps=4)  # checkpoints at steps 2 and 4
+    reference, folder = tmp_path / "reference", tmp_path / "run"
+    run(shipped, reference, config, s)
+    shutil.copytree(reference, folder)
+    shutil.rmtree(folder / "final")
+    file = folder / "step-00000004" / damaged
+    file.write_bytes(file.read_bytes()[:file.stat().st_size // 2])  # a kill mid-copy, say
+    capsys.readouterr()
+    summary = run(shipped, folder, config, s)
+    assert summary["steps_this_run"] == 2
+    (line,) = _resume_lines(capsys)
+    assert line.startswith(f"resuming from {folder / 'step-00000002'} (step 2); skipped "
+                           f"step-00000004: {damaged} is truncated (")
+    assert_identical(reference / "final", folder / "final")
+    assert_identical(reference / "step-00000004", folder / "step-00000004")
+    logged = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [0, 3]  # step 3 once: the resumed run's
 
 
 def test_draw_samples_replaces_unreadable_ones():

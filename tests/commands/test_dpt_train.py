@@ -43,6 +43,37 @@ def test_a_resumed_run_must_be_the_same_run(tiny_model, tmp_path, capsys):
     assert dpt(*args[:-2], "--batch", 3, "--resume", "no") == 0
 
 
+def test_probe_resumes_past_damage_and_refuses_when_nothing_is_intact(tiny_model, tmp_path,
+                                                                      capsys):
+    run = tmp_path / "p"
+    args = ["probe", "--run-dir", run, "--model", tiny_model, "--block", "up0", "--d-model", 32,
+            "--steps", 2, "--batch", 2, "--checkpoint-every", 1, "--resume", "latest"]
+    assert dpt(*args) == 0
+    heads = run / "step-00000002" / "heads.safetensors"
+    heads.write_bytes(heads.read_bytes()[:-1])
+    (run / "latest").write_text("step-0000000?")
+    capsys.readouterr()
+    assert dpt(*args) == 0  # resumes from step 1 and takes step 1 again
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"resuming from {run / 'step-00000001'} (step 1); latest holds b'step-0000000?', not a "
+        "step folder name: took the newest intact step folder; skipped step-00000002: "
+        f"heads.safetensors is truncated ({heads.stat().st_size - 1} of {heads.stat().st_size} "
+        "bytes)")
+    logged = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert logged == [0, 1]
+
+    for step in (1, 2):  # now no checkpoint is whole
+        heads = run / f"step-{step:08d}" / "heads.safetensors"
+        heads.write_bytes(heads.read_bytes()[:-1])
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    assert dpt(*args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dpt probe: error: {run}: no intact checkpoint to resume from "
+                          "(step-00000002: heads.safetensors is truncated")
+    assert err.count("\n") == 1 and "nothing was deleted" in err and "--resume no" in err
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--block", "up9"], "unknown --block 'up9'; this U-Net has down0, down1, mid, up0, up1"),
     (["--t-min", "10", "--t-max", "10"], "need 0 <= --t-min < --t-max <= 1000"),

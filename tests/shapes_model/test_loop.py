@@ -65,11 +65,14 @@ def test_loop_schedules_lr_checkpoints_and_logs(tmp_path):
     assert set(log[0]) == {"step", "mse", "seen"} and log[1]["seen"] == 20.0
 
 
-def test_resume_continues_from_the_latest_checkpoint(tmp_path):
+def test_resume_continues_from_the_latest_checkpoint(tmp_path, capsys):
     reference, _, _ = _run(tmp_path / "a", 12)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "b", 12, stop_at=8)  # checkpoint at 5, killed during step 8
+    capsys.readouterr()
     model, summary, lrs = _run(tmp_path / "b", 12)
+    assert f"resuming from {tmp_path / 'b' / 'step-00000005'} (step 5)\n" in \
+        capsys.readouterr().err
     assert len(lrs) == 7 and lrs[0] == pytest.approx(cosine_lr(5, 12, 0.1, 3))  # steps 5..11
     assert torch.equal(model.weight, reference.weight) and torch.equal(model.bias, reference.bias)
     assert summary["final_losses"]["seen"] == pytest.approx(sum(range(5, 12)) / 7)
@@ -81,3 +84,56 @@ def test_resume_false_ignores_checkpoints_and_finished_runs_do_nothing(tmp_path)
     assert len(lrs) == 10
     _, summary, lrs = _run(tmp_path, 10)  # already at step 10
     assert lrs == [] and summary["step"] == 10 and summary["final_losses"] == {}
+
+
+def _truncate(file):
+    file.write_bytes(file.read_bytes()[:-7])
+
+
+DAMAGE = {  # what happens to the newest checkpoint (step 40), and what the resume says
+    "model truncated": (lambda d: _truncate(d / "step-00000040" / "model.safetensors"),
+                        30, "skipped step-00000040: model.safetensors is truncated"),
+    "optimizer truncated": (lambda d: _truncate(d / "step-00000040" /
+                                                "optimizer.optim.safetensors"),
+                            30, "skipped step-00000040: optimizer.optim.safetensors is truncated"),
+    "state garbage": (lambda d: (d / "step-00000040" / "state.json").write_text("{oops"),
+                      30, "skipped step-00000040: state.json is not valid JSON"),
+    "state missing": (lambda d: (d / "step-00000040" / "state.json").unlink(),
+                      30, "skipped step-00000040: state.json is missing"),
+    "latest garbage": (lambda d: (d / "latest").write_bytes(b"\x00\x01"),
+                       40, "latest holds b'\\x00\\x01', not a step folder name"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_run_folder_resumes_from_the_newest_intact_checkpoint(tmp_path, capsys,
+                                                                        damage):
+    reference, _, _ = _run(tmp_path / "a", 45, every=10)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "b", 45, every=10, stop_at=42)  # checkpoints 30 and 40 kept
+    harm, start, note = DAMAGE[damage]
+    harm(tmp_path / "b")
+    capsys.readouterr()
+    model, summary, lrs = _run(tmp_path / "b", 45, every=10)
+    err = capsys.readouterr().err
+    assert f"resuming from {tmp_path / 'b' / f'step-{start:08d}'} (step {start}); {note}" in err
+    assert len(lrs) == 45 - start
+    assert torch.equal(model.weight, reference.weight) and torch.equal(model.bias, reference.bias)
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 20, 40]  # step 40 logged once, by the resumed run
+    assert (tmp_path / "b" / "latest").read_text() == "step-00000045"
+    assert sorted(p.name for p in (tmp_path / "b").glob("step-*")) == [
+        "step-00000040", "step-00000045"]
+
+
+def test_a_run_folder_without_an_intact_checkpoint_is_refused_untouched(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, 45, every=10, stop_at=42)
+    _truncate(tmp_path / "step-00000040" / "model.safetensors")
+    (tmp_path / "step-00000030" / "state.json").write_text("[]")
+    before = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"no intact checkpoint to resume from \(step-00000040: "
+                       r"model\.safetensors is truncated .*; step-00000030: state\.json has no "
+                       r"integer 'step'\); nothing was deleted"):
+        _run(tmp_path, 45, every=10)
+    assert {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

@@ -130,7 +130,9 @@ def _common(p: argparse.ArgumentParser, stage: str) -> None:
                    f"{defaults['keep_checkpoints']}); 0 keeps all, for `dpt report`'s curve "
                    "against training steps")
     p.add_argument("--resume", choices=["latest", "no"], default="latest",
-                   help="continue from the run folder's latest checkpoint (default) or start over")
+                   help="continue from the run folder's newest intact checkpoint (default; it "
+                   "says which) or start over (the old run's checkpoints go once this run has "
+                   "written its first)")
     p.add_argument("--seed", type=int, default=defaults["seed"])
     p.add_argument("--tensorboard", action="store_true", help="log losses to <run-dir>/logs")
     _data_arguments(p)

@@ -7,6 +7,7 @@ from a checkpoint takes exactly the steps an uninterrupted run would have taken.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..io.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..io.checkpoint import resume_run, save_checkpoint, trim_log
 from ..training.schedule import cosine_lr
 
 
@@ -30,7 +31,8 @@ def run_loop(run_dir: Path, total_steps: int, step_fn: Callable[[int], dict[str,
         step_fn: does one optimisation step's forward and backward; returns named losses.
         modules / optimizer: what a checkpoint holds.
         base_lr: peak learning rate of the cosine schedule.
-        resume: continue from the run's latest checkpoint if there is one.
+        resume: continue from the run's newest intact checkpoint if there is one
+            (ValueError when it has checkpoints but none intact: nothing is deleted).
         after_step: called with the step after the optimizer update (e.g. an EMA update).
 
     Returns:
@@ -38,11 +40,11 @@ def run_loop(run_dir: Path, total_steps: int, step_fn: Callable[[int], dict[str,
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    start, wall = 0, 0.0
-    found = latest_checkpoint(run_dir) if resume else None
-    if found is not None:
-        state = load_checkpoint(found, modules, {"optimizer": optimizer})
-        start, wall = state["step"], state.get("wall_s", 0.0)
+    resumed = resume_run(run_dir, modules, {"optimizer": optimizer}, resume)
+    start, wall = resumed.step, resumed.state.get("wall_s", 0.0)
+    if resumed.message:
+        print(resumed.message, file=sys.stderr, flush=True)
+    trim_log(run_dir / "log.jsonl", start)  # the steps from `start` on are logged again
     recent: list[dict[str, float]] = []
     log = (run_dir / "log.jsonl").open("a")
     bar = tqdm(range(start, total_steps), desc=desc, initial=start, total=total_steps,
@@ -64,7 +66,7 @@ def run_loop(run_dir: Path, total_steps: int, step_fn: Callable[[int], dict[str,
         done = step + 1
         if done % checkpoint_every == 0 or done == total_steps:
             save_checkpoint(run_dir, done, modules, {"optimizer": optimizer},
-                            {"wall_s": wall + time.time() - t0})
+                            {"wall_s": wall + time.time() - t0}, run_id=resumed.run_id)
     log.close()
     means = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0]} if recent else {}
     return {"step": total_steps, "wall_s": round(wall + time.time() - t0, 1), "final_losses": means}

@@ -17,6 +17,7 @@ uninterrupted one would have taken.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.sources import SampleSource, draw_samples
-from ..io.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..io.checkpoint import resume_run, save_checkpoint, trim_log
 from ..io.dpt_folder import save_dpt
 from ..model.config import DPTConfig
 from ..model.heads import DPTHeads
@@ -50,7 +51,8 @@ def train_dpt(run_dir: Path, bundle, source: SampleSource, config: DPTConfig,
         config: the DPT config (block, condition, adapter; `lora` set for stage 2).
         settings: the optimisation settings.
         init_heads: start the heads from these (stage 2 from stage 1's result).
-        resume: continue from the run folder's latest checkpoint if it has one.
+        resume: continue from the run folder's newest intact checkpoint if it has one
+            (ValueError when it has checkpoints but none intact: nothing is deleted).
 
     Returns:
         A summary: steps, wall seconds, seconds per step, mean losses of the last 50 steps.
@@ -58,12 +60,13 @@ def train_dpt(run_dir: Path, bundle, source: SampleSource, config: DPTConfig,
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     run = _setup(run_dir, bundle, config, settings, init_heads)
-    start, wall = 0, 0.0
-    found = latest_checkpoint(run_dir) if resume else None
-    if found is not None:
-        state = load_checkpoint(found, run.modules, {"optimizer": run.optimizer})
-        start, wall = state["step"], state.get("wall_s", 0.0)
+    resumed = resume_run(run_dir, run.modules, {"optimizer": run.optimizer}, resume)
+    start, wall, run.run_id = resumed.step, resumed.state.get("wall_s", 0.0), resumed.run_id
     accelerator = run.accelerator
+    if accelerator.is_main_process:
+        if resumed.message:
+            print(resumed.message, file=sys.stderr, flush=True)
+        trim_log(run_dir / "log.jsonl", start)  # the steps from `start` on are logged again
     if settings.log_with:
         accelerator.init_trackers("dpt", config={k: v for k, v in asdict(settings).items()
                                                  if isinstance(v, (int, float, str))})
@@ -101,6 +104,7 @@ class _Run:
     heads: DPTHeads | None  # None in the hn-itm stage
     unet: nn.Module
     parts: FrozenParts
+    run_id: str | None = None  # written into every checkpoint (io.checkpoint.Resumed)
 
 
 def _setup(run_dir: Path, bundle, config: DPTConfig, settings: TrainSettings,
@@ -172,7 +176,7 @@ def _train_loop(run: _Run, source: SampleSource, config: DPTConfig, settings: Tr
             if main:
                 save_checkpoint(run.run_dir, done, run.modules, {"optimizer": run.optimizer},
                                 {"wall_s": wall + time.time() - t0},
-                                keep=settings.keep_checkpoints)
+                                keep=settings.keep_checkpoints, run_id=run.run_id)
     if log is not None:
         log.close()
     return recent
