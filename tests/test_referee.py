@@ -164,7 +164,7 @@ def test_referee_command_writes_a_generate_style_folder(tmp_path, capsys):
     assert np.array_equal(a, np.asarray(Image.open(tmp_path / "b" / "00000.png")))  # seeded
     capsys.readouterr()
     assert _dpt("evaluate", tmp_path / "a", "--json") == 0
-    assert json.loads(capsys.readouterr().out)["id"]["n"] == 2
+    assert json.loads(capsys.readouterr().out)["folders"][str(tmp_path / "a")]["id"]["n"] == 2
 
 
 def test_reference_settings_and_flags_override_the_preset(tmp_path):

@@ -1,11 +1,13 @@
 """Alignment of image folders: per-image verdicts, per split and family accuracy, the table."""
 
 import json
+import re
 
 import pytest
 
 from dpt_t2i.data.shapes.grammar import FAMILIES
-from dpt_t2i.eval.alignment import format_table, judge_folders, summarize
+from dpt_t2i.eval.alignment import (format_folder_tables, format_table, judge_folders,
+                                    judge_images, read_folders, summarize)
 
 
 def test_clean_renders_are_all_judged_aligned(judged_folders):
@@ -68,3 +70,52 @@ def test_missing_image_and_foreign_prompt_raise_usage_errors(judged_folders, tmp
     (folder / "index.jsonl").write_text(json.dumps({**ok, "prompt": "a pink dog"}) + "\n")
     with pytest.raises(ValueError, match=r"'a pink dog' of 00000\.png is not a Shapes prompt"):
         judge_folders([folder])
+
+
+def test_read_and_judge_keep_what_they_skip_with_the_reason(judged_folders, tmp_path):
+    ok = {"file": "00000.png", "prompt": "a red circle", "seed": 0}
+    folder = _folder_with(tmp_path, judged_folders["clean"],
+                          [ok, {**ok, "prompt": "a pink dog"}, {**ok, "file": "broken.png"}])
+    (folder / "broken.png").write_bytes((folder / "00000.png").read_bytes()[:100])
+    [judgement] = read_folders([folder])
+    assert judgement.images == 3 and len(judgement.pending) == 2 and not judgement.verdicts
+    assert [s["skip"] for s in judgement.skipped] == ["prompt"]
+    judge_images([judgement])
+    assert judgement.pending == [] and [v["file"] for v in judgement.verdicts] == ["00000.png"]
+    assert [(s["file"], s["skip"]) for s in judgement.skipped] == [
+        ("00000.png", "prompt"), ("broken.png", "image")]
+    note = judgement.skip_note()
+    assert note.startswith(f"skipped 2 of 3 images: 1 whose prompts are not Shapes prompts "
+                           f"(first: {folder}/index.jsonl: prompt 'a pink dog' of 00000.png ")
+    assert f"; 1 whose images cannot be read (first: {folder / 'broken.png'}: " in note
+    (folder / "index.jsonl").write_text(json.dumps(ok) + "\n" + json.dumps(
+        {**ok, "file": "broken.png"}) + "\n")  # the strict form: no skipping
+    with pytest.raises(ValueError, match=r"broken\.png: .*; expected a PNG as `dpt generate` "):
+        judge_folders([folder])
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"file": 5, "prompt": "a red circle"}, "record 1: file is 5; expected a string"),
+    ({"file": "00000.png", "prompt": None}, "record 1: prompt is null; expected a string"),
+])
+def test_records_of_other_types_are_usage_errors(judged_folders, tmp_path, record, message):
+    folder = _folder_with(tmp_path, judged_folders["clean"], [record])
+    with pytest.raises(ValueError, match=re.escape(f"{folder / 'index.jsonl'} {message}")):
+        read_folders([folder])
+
+
+def test_an_index_that_is_not_utf8_is_a_usage_error(tmp_path):
+    (tmp_path / "index.jsonl").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match=r"cannot read .*index\.jsonl \(.*\); expected the index"):
+        read_folders([tmp_path])
+
+
+def test_folder_tables_label_rows_and_escape_pipes():
+    tables = {"runs/a|b": {"id": {"object": 0.5, "overall": 0.5, "n": 2, "fd": 1.234}},
+              "c\nd": {"other": {"n": 3, "clip_score": 31.0}}}
+    assert format_folder_tables(tables).splitlines() == [
+        "| folder | split | object | pair | spatial | counting | mixed | overall | images "
+        "| FD to renders | CLIPScore |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| runs/a\\|b | id | 0.500 | - | - | - | - | 0.500 | 2 | 1.23 | - |",
+        "| c d | other | - | - | - | - | - | - | 3 | - | 31.00 |"]

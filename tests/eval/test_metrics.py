@@ -181,10 +181,15 @@ def test_clipscore_fid_and_is_equal_hand_computations(clip_folder, inception_wei
                                "--inception-weights", inception_weights,
                                "--fid-reference", photo_folders["reference"])
     assert code == 0, err
-    table = json.loads(out)
+    result = json.loads(out)
+    assert result["skipped"] == {}
+    table = {folder: rows["other"] for folder, rows in result["folders"].items()}
     assert list(table) == [str(photos), str(others)]
-    assert f"{photos}: prompt 'a photo of a dog' of 00000.png is not a Shapes prompt" in err
-    assert "the Shapes judge is skipped for this folder" in err
+    assert f"{photos}/index.jsonl: prompt 'a photo of a dog' of 00000.png is not a Shapes " \
+           "prompt" in err
+    assert f"{photos}: 5 images have prompts that are not Shapes prompts" in err
+    assert "the Shapes judge skips them, the standard metrics measure them in the row " \
+           "'other'" in err
     pools = {}
     for folder, n in ((photos, 5), (others, 4)):
         row = table[str(folder)]
@@ -208,8 +213,8 @@ def test_identical_images_score_is_one(inception_weights, tmp_path, capsys):
     folder = _folder(tmp_path / "same", [7] * 4, ["a dog"] * 4)
     code, out, err = _evaluate(capsys, folder, "--json", "--inception-weights", inception_weights)
     assert code == 0, err
-    assert json.loads(out) == {str(folder): {"n": 4, "is": pytest.approx(1.0, abs=1e-6),
-                                             "is_std": None}}
+    assert json.loads(out) == {"folders": {str(folder): {"other": {
+        "n": 4, "is": pytest.approx(1.0, abs=1e-6), "is_std": None}}}, "skipped": {}}
 
 
 def test_shapes_folders_keep_their_judge_and_gain_a_column(clip_folder, judged_folders,
@@ -217,17 +222,18 @@ def test_shapes_folders_keep_their_judge_and_gain_a_column(clip_folder, judged_f
     clean, photos = judged_folders["clean"], photo_folders["photos"]
     code, out, err = _evaluate(capsys, clean, "--json", "--clip-model", clip_folder)
     assert code == 0 and "note" not in err
-    table = json.loads(out)
+    table = json.loads(out)["folders"][str(clean)]
     assert list(table) == ["id", "ood"]
     for row in table.values():  # the judge's numbers are unchanged (test_evaluate.py)
         assert row["overall"] == 1.0 and row["n"] == 20 and 0 <= row["clip_score"] <= 100
     code, out, err = _evaluate(capsys, clean, photos, "--clip-model", clip_folder)
     assert code == 0 and err.count("dpt evaluate: note:") == 1
     lines = out.splitlines()
-    assert lines[0] == ("| split / folder | object | pair | spatial | counting | mixed | "
+    assert lines[0] == ("| folder | split | object | pair | spatial | counting | mixed | "
                         "overall | images | CLIPScore |")
-    assert lines[2].startswith("| id | 1.000 |") and lines[3].startswith("| ood | 1.000 |")
-    assert lines[4].startswith(f"| {photos} | - | - | - | - | - | - | 5 | ")
+    assert lines[2].startswith(f"| {clean} | id | 1.000 |")
+    assert lines[3].startswith(f"| {clean} | ood | 1.000 |")
+    assert lines[4].startswith(f"| {photos} | other | - | - | - | - | - | - | 5 | ")
 
 
 def test_without_the_flags_other_prompts_are_still_an_error(photo_folders, capsys):

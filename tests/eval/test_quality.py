@@ -36,7 +36,7 @@ def test_renders_are_close_to_renders_and_noise_is_far():
 
 def test_evaluate_quality_adds_a_column(judged_folders, capsys):
     assert main(["evaluate", str(judged_folders["clean"]), "--quality", "--json"]) == 0
-    table = json.loads(capsys.readouterr().out)
+    table = json.loads(capsys.readouterr().out)["folders"][str(judged_folders["clean"])]
     assert set(table) == {"id", "ood"} and all(row["fd"] >= 0 for row in table.values())
     assert main(["evaluate", str(judged_folders["clean"]), "--quality"]) == 0
     assert "FD to renders" in capsys.readouterr().out

@@ -1,36 +1,54 @@
-"""`dpt evaluate DIR`: judge generated Shapes images against their prompts, per family and split.
+"""`dpt evaluate DIR...`: judge generated Shapes images against their prompts, one row per
+folder and split, with the accuracy per family.
+
+Each folder is judged on its own (`--pool` adds rows over all folders' images together, e.g.
+several seeds of one method). Images the Shapes judge cannot read, a prompt outside the
+Shapes grammar or a PNG that cannot be decoded, are counted and skipped with a note naming
+the first of each kind; the evaluation stops only when no image at all is left.
 
 With --clip-model, --inception-weights or --fid-reference it also measures CLIPScore, IS and
-FID through torchmetrics from local weights; folders whose prompts are not Shapes prompts are
-then measured without the Shapes judge (one row per folder).
+FID through torchmetrics from local weights; images whose prompts are not Shapes prompts are
+then measured too, in their folder's row "other" (no judge).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from ..eval.alignment import format_table, judge_folders, summarize, unjudged_folders
-from ..eval.metrics import image_metrics, load_metric_models
-from ..eval.quality import quality_by_split
+from ..eval.alignment import (FolderJudgement, format_folder_tables, judge_images, load_rgb,
+                              read_folders, summarize)
+from ..eval.metrics import MetricModels, image_metrics, load_metric_models
+from ..eval.quality import load_clip, quality_by_split
+from ..io.image_folder import INDEX
+from .model_args import add_threads_argument, set_threads
+
+POOLED = "all folders"  # the --pool rows' folder label
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("evaluate", help="alignment accuracy of generated Shapes images",
-                        description=__doc__)
+                        description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("folders", type=Path, nargs="+", metavar="DIR",
                     help="folders with index.jsonl as `dpt generate` writes them")
-    ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ev.add_argument("--json", action="store_true",
+                    help="print one JSON object instead of a table: folders ({folder: {split: "
+                         "row}}), skipped ({folder: [image, ...]}) and, with --pool, pooled")
+    ev.add_argument("--pool", action="store_true",
+                    help="also one row per split over the images of all folders together")
     ev.add_argument("--quality", action="store_true",
                     help="also measure image quality: the Fréchet distance, in the Shapes CLIP "
                          "image space, to clean renders of the same prompts (lower is better)")
     ev.add_argument("--verdicts", type=Path, default=None, metavar="FILE",
-                    help="also write every image's verdict to FILE (JSON lines)")
+                    help="also write every judged image's verdict to FILE (JSON lines)")
+    add_threads_argument(ev)
     metrics = ev.add_argument_group(
         "standard metrics", "torchmetrics (pip install 'dpt-t2i[metrics]'), local weights only; "
-        "images need not have Shapes prompts (other folders get a row of their own)")
+        "images need not have Shapes prompts (other prompts get a row of their own)")
     metrics.add_argument("--clip-model", type=Path, default=None, metavar="PATH",
                          help="CLIPScore (100 x cosine, mean per row) with the local "
                               "transformers CLIP folder PATH (model and processor files)")
@@ -44,29 +62,135 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for folder in args.folders:
-        if not (folder / "index.jsonl").is_file():
-            raise ValueError(f"{folder} has no index.jsonl; expected a folder written by "
+    set_threads(args.threads)
+    folders = list(dict.fromkeys(args.folders))  # a folder named twice is judged once
+    for folder in folders:
+        if not (folder / INDEX).is_file():
+            raise ValueError(f"{folder} has no {INDEX}; expected a folder written by "
                              "`dpt generate`")
-    models, unjudged = None, {}
+    judgements = read_folders(folders)  # every index is checked before any image is judged
+    _check_verdicts_file(args.verdicts, judgements)
+    models = None
     if args.clip_model or args.inception_weights or args.fid_reference:
         models = load_metric_models(args.clip_model, args.inception_weights, args.fid_reference)
-        unjudged = unjudged_folders(args.folders)
-        for folder, (why, _) in unjudged.items():
-            print(f"dpt evaluate: note: {folder}: {why}; the Shapes judge is skipped for this "
-                  "folder", file=sys.stderr)
-    judged = [folder for folder in args.folders if folder not in unjudged]
-    verdicts = judge_folders(judged) if judged else []
-    table = summarize(verdicts)
-    if args.quality and verdicts:
-        for split, fd in quality_by_split(verdicts).items():
-            table[split]["fd"] = fd
-    if models is not None:
-        groups = {split: [v for v in verdicts if v["split"] == split] for split in table}
-        groups.update({str(folder): records for folder, (_, records) in unjudged.items()})
-        for name, row in image_metrics(groups, models).items():
-            table.setdefault(name, {"n": len(groups[name])}).update(row)
+    judge_images(judgements)
+    others = {j.folder: _measurable_others(j) for j in judgements} if models else {}
+    _check_something_left(judgements, others)
+    _print_notes(judgements, others)
+    result = _result(judgements, others, args, models)
     if args.verdicts is not None:
-        args.verdicts.write_text("".join(json.dumps(v) + "\n" for v in verdicts))
-    print(json.dumps(table) if args.json else format_table(table))
+        _write_verdicts(args.verdicts, [v for j in judgements for v in j.verdicts])
+    print(json.dumps(result) if args.json else _markdown(result))
     return 0
+
+
+def _measurable_others(judgement: FolderJudgement) -> list[dict]:
+    """The images the judge skipped for their prompts that the standard metrics can measure:
+    taken out of `judgement.skipped`; those that cannot be read stay there (kind "image")."""
+    others, skipped = [], []
+    for record in judgement.skipped:
+        image, why = (None, "") if record["skip"] != "prompt" else \
+            load_rgb(judgement.folder / record["file"])
+        if image is not None:
+            others.append(record)
+        else:
+            skipped.append(record if not why else {**record, "skip": "image", "why": why})
+    judgement.skipped = skipped
+    return others
+
+
+def _print_notes(judgements: list[FolderJudgement], others: dict) -> None:
+    """One note a folder for the images skipped, one for those measured without the judge."""
+    for j in judgements:
+        note = j.skip_note()
+        if note:
+            print(f"dpt evaluate: note: {j.folder}: {note}", file=sys.stderr)
+        if others.get(j.folder):
+            print(f"dpt evaluate: note: {j.folder}: {len(others[j.folder])} images have prompts "
+                  f"that are not Shapes prompts (first: {others[j.folder][0]['why']}); the "
+                  "Shapes judge skips them, the standard metrics measure them in the row "
+                  "'other'", file=sys.stderr)
+
+
+def _check_something_left(judgements: list[FolderJudgement], others: dict) -> None:
+    """ValueError naming every folder's skips when no folder has an image left to report."""
+    if any(j.verdicts for j in judgements) or any(others.values()):
+        return
+    notes = [f"{j.folder}: {j.skip_note() or 'its index lists no images'}" for j in judgements]
+    raise ValueError("no image could be judged: " + "; ".join(notes))
+
+
+def _result(judgements: list[FolderJudgement], others: dict, args: argparse.Namespace,
+            models: MetricModels | None) -> dict:
+    """{"folders": {folder: {split: row}}, "skipped": {folder: [...]}, "pooled": ...}."""
+    clip = load_clip() if args.quality and any(j.verdicts for j in judgements) else None
+    result = {"folders": {}, "skipped": {}}
+    for j in judgements:
+        result["folders"][str(j.folder)] = _rows(j.verdicts, others.get(j.folder, []), clip,
+                                                 models)
+        if j.skipped:
+            result["skipped"][str(j.folder)] = [
+                {k: s[k] for k in ("file", "prompt", "skip", "why")} for s in j.skipped]
+    if args.pool:
+        result["pooled"] = _rows([v for j in judgements for v in j.verdicts],
+                                 [r for rs in others.values() for r in rs], clip, models)
+    return result
+
+
+def _rows(verdicts: list[dict], others: list[dict], clip,
+          models: MetricModels | None) -> dict[str, dict]:
+    """{split: row} of judged images, plus "other" (images of other prompts) when measured.
+
+    Args:
+        verdicts: judged images (`alignment.judge_images`).
+        others: records of readable images whose prompts are not Shapes prompts.
+        clip: the Shapes CLIP for --quality's Fréchet distance, or None for no distance.
+        models: the standard metrics' models, or None.
+    """
+    rows = summarize(verdicts)
+    if clip is not None and verdicts:
+        for split, fd in quality_by_split(verdicts, clip).items():
+            rows[split]["fd"] = fd
+    if models is not None:
+        groups = {split: [v for v in verdicts if v["split"] == split] for split in rows}
+        if others:
+            groups["other"] = others
+            rows["other"] = {"n": len(others)}
+        for name, row in image_metrics(groups, models).items():
+            rows[name].update(row)
+    return rows
+
+
+def _markdown(result: dict) -> str:
+    tables = dict(result["folders"])
+    if "pooled" in result:
+        tables[POOLED] = result["pooled"]
+    return format_folder_tables(tables)
+
+
+def _check_verdicts_file(path: Path | None, judgements: list[FolderJudgement]) -> None:
+    """Before any image is judged: --verdicts names a file that can be created and that is
+    none of the files being evaluated."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"--verdicts {path} is a folder; expected a file name to write")
+    if not path.resolve().parent.is_dir():
+        raise ValueError(f"--verdicts {path}: folder {path.resolve().parent} does not exist")
+    inputs = {(j.folder / INDEX).resolve() for j in judgements}
+    inputs |= {(j.folder / r["file"]).resolve() for j in judgements
+               for r in [r for r, _ in j.pending] + j.skipped}
+    if path.resolve() in inputs:
+        raise ValueError(f"--verdicts {path} is one of the files being evaluated; choose "
+                         "another file")
+
+
+def _write_verdicts(path: Path, verdicts: list[dict]) -> None:
+    """Write the verdicts as JSON lines, replacing `path` whole (a temporary file renamed)."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text("".join(json.dumps(v) + "\n" for v in verdicts), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"cannot write --verdicts {path} ({err.strerror or err})") from None

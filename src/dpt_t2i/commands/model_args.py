@@ -16,15 +16,22 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
                              "model)")
 
 
+# torch takes any count below 2**31 and starts that many threads at its first parallel op;
+# 2**31 and above overflow inside torch with a message that names no flag
+MAX_THREADS = 1024
+
+
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="torch CPU threads (default: torch's choice)")
+                        help="torch CPU threads (default: torch's choice; two jobs sharing "
+                             "the cores run much faster with fewer each)")
 
 
 def set_threads(threads: int | None) -> None:
+    """Set torch's CPU threads for this process; None leaves torch's choice."""
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
+        if not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"--threads must be between 1 and {MAX_THREADS}, got {threads}")
         import torch
 
         torch.set_num_threads(threads)

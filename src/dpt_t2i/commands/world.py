@@ -10,6 +10,7 @@ from ..io.dpt_folder import half_copy
 from ..shapes_model.clip import train_clip
 from ..shapes_model.unet import train_unet
 from ..shapes_model.vae import train_vae
+from .model_args import add_threads_argument, set_threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,14 +71,11 @@ def _common(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> No
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--resume", choices=["latest", "no"], default="latest",
                    help="continue from the run folder's latest checkpoint (default) or start over")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_threads_argument(p)
 
 
 def _setup(args: argparse.Namespace) -> None:
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
 
 def _train_vae(args: argparse.Namespace) -> int:

@@ -71,18 +71,24 @@ def reference_renders(prompts: list[str], seed: int = 0) -> list[np.ndarray]:
             for k, p in enumerate(prompts)]
 
 
-def quality_by_split(verdicts: list[dict]) -> dict[str, float]:
+def quality_by_split(verdicts: list[dict], model=None) -> dict[str, float | None]:
     """{split: Fréchet distance of its images to renders of the same prompts}.
+
+    A split of fewer than 2 images has no covariance to compare: its distance is None.
 
     Args:
         verdicts: from `alignment.judge_folders` (each carries its `folder`, `file`, `prompt`
             and `split`).
+        model: a loaded Shapes CLIP (`load_clip()`, loaded here when None).
     """
     from PIL import Image
 
-    model, out = load_clip(), {}
+    model, out = model if model is not None else load_clip(), {}
     for split in sorted({v["split"] for v in verdicts}):
         group = [v for v in verdicts if v["split"] == split]
+        if len(group) < 2:
+            out[split] = None
+            continue
         images = [np.asarray(Image.open(Path(v["folder"]) / v["file"]).convert("RGB"))
                   for v in group]
         renders = reference_renders([v["prompt"] for v in group])
