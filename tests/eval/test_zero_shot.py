@@ -121,7 +121,6 @@ def test_evaluate_disc_diffusion_itm_with_lora(tiny_model, tiny_dpt, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--method", "dpt"], "--method dpt needs --dpt"),
     (["--method", "clip", "--dpt", "x"], "drop --dpt"),
     (["--method", "diffusion-itm", "--itm-timesteps", "5,1000"], "--itm-timesteps"),
     (["--method", "clip", "--n-itm", "0"], "--n-itm must be > 0"),

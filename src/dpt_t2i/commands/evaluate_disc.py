@@ -6,11 +6,12 @@ split. On the Shapes world (default) both run on fresh ID and OOD scenes; with C
 and/or RefCOCO files they run on those (`--refcoco-splits`, default val,testA,testB).
 Every image is noised once to `--timestep` with seeded noise before the U-Net reads it.
 
-`--method` picks the scorer: `dpt` (default; the DPT folder's adapter), `clip` (the Shapes
-CLIP zero-shot, or `--clip-model PATH`: cosine of image and text embeddings) or
-`diffusion-itm` (the U-Net's denoising error over `--itm-timesteps`, zero-shot; with `--dpt`
-a LoRA folder such as `dpt tune-hn-itm`'s final/, which gives HN-DiffusionITM). The two
-baselines score ITM only. The result names how many U-Net evaluations one pair costs.
+`--method` picks the scorer: `dpt` (default; the adapter of `--dpt`'s folder, by default the
+shipped Shapes DPT weights on the shipped model), `clip` (the Shapes CLIP zero-shot, or
+`--clip-model PATH`: cosine of image and text embeddings) or `diffusion-itm` (the U-Net's
+denoising error over `--itm-timesteps`, zero-shot; with `--dpt` a LoRA folder such as `dpt
+tune-hn-itm`'s final/, which gives HN-DiffusionITM). The two baselines score ITM only. The
+result names how many U-Net evaluations one pair costs.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from ..eval.disc_run import (METHODS, TIMESTEPS_EXPECTED, DiscSettings, format_tables,
                              run_discriminative)
+from ..generation.methods import shipped_dpt
 from ..io.bundle import default_model_path
 from .model_args import (add_model_argument, add_threads_argument, model_folder, quiet_loading,
                          set_threads)
@@ -36,8 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=METHODS, default=DEFAULT.method,
                    help=f"scorer (default {DEFAULT.method}; see above)")
     p.add_argument("--dpt", type=Path, default=None, metavar="PATH",
-                   help="a DPT folder (a probe or tune run's final/); needed by --method dpt, "
-                        "optional LoRA for diffusion-itm")
+                   help="a DPT folder (a probe or tune run's final/) for --method dpt (default: "
+                        "the shipped Shapes DPT weights on the shipped model; needed on other "
+                        "models), optional LoRA for diffusion-itm")
     p.add_argument("--clip-model", type=Path, default=None, metavar="PATH",
                    help="--method clip: a transformers CLIP folder (default: the Shapes CLIP)")
     steps = DEFAULT.itm_timesteps
@@ -85,9 +88,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace) -> DiscSettings:
     """The run's settings; DiscSettings checks the flags before the model folder is read."""
+    model = args.model or default_model_path()
+    dpt = args.dpt
+    if dpt is None and args.method == "dpt":  # as `dpt generate`: the shipped model's own DPT
+        dpt = shipped_dpt(model)
     flags = DiscSettings(
-        method=args.method, dpt=args.dpt, clip_model=args.clip_model,
-        itm_timesteps=_timesteps(args.itm_timesteps), model=args.model or default_model_path(),
+        method=args.method, dpt=dpt, clip_model=args.clip_model,
+        itm_timesteps=_timesteps(args.itm_timesteps), model=model,
         timestep=args.timestep, n_itm=args.n_itm, n_rec=args.n_rec, seed=args.seed,
         coco_captions=args.coco_captions, coco_images=args.coco_images,
         refcoco_refs=args.refcoco_refs, refcoco_instances=args.refcoco_instances,
