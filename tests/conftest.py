@@ -4,16 +4,34 @@ The folder is what `StableDiffusionPipeline.from_pretrained` loads: a 2-level U-
 (32/64 channels, 8x8x4 latents), a 2-level VAE (16x16 images), a 2-layer 32-wide CLIP text
 encoder over the Shapes tokenizer, and DDIM. `tiny_model` is marked as a Shapes-world model
 (shapes_world.json); `tiny_model_plain` is the same folder without the marker.
+
+torch runs on DPT_TEST_THREADS CPU threads (default 1) for the whole session, and every test
+starts on that many: the tiny models gain little from more threads, and with torch's default
+(one per core) the suite took 18.5 min on 2 cores while another job kept one busy, against
+172 s on a quiet machine.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+
+TEST_THREADS = int(os.environ.get("DPT_TEST_THREADS", "1"))
+torch.set_num_threads(TEST_THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(TEST_THREADS))  # for the commands run as processes
+
+
+@pytest.fixture(autouse=True)
+def _test_threads():
+    """Each test starts on TEST_THREADS torch threads, whatever `--threads` the last one set."""
+    if torch.get_num_threads() != TEST_THREADS:
+        torch.set_num_threads(TEST_THREADS)
+    yield
 
 
 def build_tiny_pipeline():
