@@ -219,3 +219,51 @@ def test_referee_command_errors(tmp_path, capsys, extra, message):
     assert _dpt("referee", *argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+QUICK = ["--prompt", "a red circle", "--num-images", 3, "--batch-size", 1, "--iterations", 2,
+         "--views", 2, "--top-k", 1, "--ema-start", 1, "--ema-restart", 1]
+
+
+def test_referee_resume_makes_only_the_missing_images(tmp_path, capsys, monkeypatch):
+    from dpt_t2i.generation import referee_folder
+
+    written = []
+
+    def interrupted_at_image_1(path, image, write=referee_folder.write_png):
+        if written:
+            raise KeyboardInterrupt
+        write(path, image)
+        written.append(path)
+
+    monkeypatch.setattr(referee_folder, "write_png", interrupted_at_image_1)
+    assert _dpt("referee", *QUICK, "--out", tmp_path / "run" / "out") == 130
+    monkeypatch.undo()
+    stage = tmp_path / "run" / ".out.partial"
+    assert (stage / "index.jsonl").read_text().count("\n") == 1  # image 0 kept
+    assert _dpt("referee", *QUICK, "--iterations", 3, "--out", tmp_path / "run" / "out",
+                "--resume") == 2
+    assert "planned with other settings (00000.png: iterations 2 then, 3 now)" in \
+        capsys.readouterr().err
+    made = []
+    monkeypatch.setattr(referee_folder, "write_png",
+                        lambda path, image, write=referee_folder.write_png:
+                        made.append(path.name) or write(path, image))
+    assert _dpt("referee", *QUICK, "--out", tmp_path / "run" / "out", "--resume") == 0
+    assert made == ["00001.png", "00002.png"]
+    monkeypatch.undo()
+    assert _dpt("referee", *QUICK, "--out", tmp_path / "whole") == 0
+    for name in ("00000.png", "00001.png", "00002.png", "index.jsonl"):
+        assert (tmp_path / "run" / "out" / name).read_bytes() == \
+            (tmp_path / "whole" / name).read_bytes()
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["out"]
+
+
+def test_referee_second_writer_is_refused(tmp_path, capsys):
+    from dpt_t2i.io.folder_writer import output_lock
+
+    with output_lock(tmp_path / "out"):
+        assert _dpt("referee", *QUICK, "--out", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is being written by another run" in err
+    assert list(tmp_path.iterdir()) == []

@@ -2,8 +2,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from PIL import Image
 
 from dpt_t2i.cli import main
 from dpt_t2i.generation import methods as generate_methods
+from dpt_t2i.io.folder_writer import output_lock
 
 FAST = ["--steps", "2", "--guidance", "3.0"]
 
@@ -238,3 +241,139 @@ def test_dpt_of_another_model_is_a_usage_error(tiny_model, tmp_path, capsys):
                           str(tmp_path / "dpt"))
     assert code == 2 and "belong to another model" in captured.err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ one writer, resume
+
+# `dpt generate` that stops for good once image 1's PNG is written, before its index line (the
+# moment a kill leaves the most to clean up): the test kills it there, so no timing is involved
+STOPS_AT_IMAGE_1 = """
+import sys, time
+from dpt_t2i.generation import methods
+written = []
+
+def write_png(path, image, write=methods.write_png):
+    write(path, image)
+    written.append(path)
+    while len(written) == 2:
+        time.sleep(1)
+
+methods.write_png = write_png
+from dpt_t2i.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+RESUMED = ["--prompt", "a red circle", "--prompt", "two blue squares", "--num-images", "3",
+           "--batch-size", "1"]
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def _one_line_error(capsys, code, pattern):
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("dpt generate: error: "), err
+    assert re.search(pattern, err), err
+
+
+def test_killed_run_resumes_to_the_uninterrupted_folder(tiny_model, tmp_path, capsys):
+    out, stage = tmp_path / "run" / "out", tmp_path / "run" / ".out.partial"
+    argv = ["generate", "--model", str(tiny_model), *FAST, *RESUMED, "--out", str(out)]
+    run = subprocess.Popen([sys.executable, "-c", STOPS_AT_IMAGE_1, *argv],
+                           env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not (stage / "00001.png").is_file():
+            assert run.poll() is None, "the run ended before it was killed"
+            time.sleep(0.05)
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    assert not out.exists()
+    assert [json.loads(x)["file"] for x in (stage / "index.jsonl").read_text().splitlines()] \
+        == ["00000.png"]  # image 1 written, not indexed
+    _one_line_error(capsys, main(argv), r"has an unfinished run \(1 of 6 images made, in "
+                                        r".*\.out\.partial\); pass --resume to finish it, or "
+                                        r"--overwrite to start over")
+    _one_line_error(capsys, main([*argv, "--resume", "--steps", "3"]),
+                    r"--resume: the unfinished run .* was planned with other settings "
+                    r"\(00000\.png: steps 2 then, 3 now\)")
+    _one_line_error(capsys, main([*argv, "--resume", "--batch-size", "2"]),
+                    r"--batch-size 1 then, 2 now")
+    _one_line_error(capsys, main([*argv, "--resume", "--overwrite"]),
+                    r"--resume keeps .* --overwrite discards")
+    assert main([*argv, "--resume"]) == 0
+    whole = tmp_path / "whole"
+    assert main(["generate", "--model", str(tiny_model), *FAST, *RESUMED, "--out", str(whole)]) \
+        == 0
+    assert _files(out) == _files(whole)  # index and every PNG, byte for byte
+    assert sorted(_files(out)) == [f"{k:05d}.png" for k in range(6)] + ["index.jsonl"]
+    assert [p.name for p in out.parent.iterdir()] == ["out"]  # no staging, no lock left
+
+
+def test_interrupted_run_keeps_its_images_for_resume_or_overwrite(tiny_model, tmp_path, capsys,
+                                                                 monkeypatch):
+    written = []
+
+    def interrupted_at_image_2(path, image, write=generate_methods.write_png):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        write(path, image)
+        written.append(path)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(generate_methods, "write_png", interrupted_at_image_2)
+    assert _run(capsys, tiny_model, out, *RESUMED)[0] == 130
+    monkeypatch.undo()
+    stage = tmp_path / ".out.partial"
+    assert sorted(_files(stage)) == ["00000.png", "00001.png", "index.jsonl", "plan.json"]
+    code, _ = _run(capsys, tiny_model, out, "--prompt", "a blue square", "--num-images", "1",
+                   "--overwrite")
+    assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert json.loads((out / "index.jsonl").read_text())["prompt"] == "a blue square"
+
+
+def test_resume_finds_a_finished_run_finished(tiny_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run(capsys, tiny_model, out, *OK, "--resume")[0] == 0  # nothing to resume: a run
+    before = _files(out)
+    assert _run(capsys, tiny_model, out, *OK, "--resume")[0] == 0
+    assert _files(out) == before
+    code, captured = _run(capsys, tiny_model, out, *OK, "--resume", "--seed", "9")
+    assert code == 2 and "already holds a run" in captured.err
+    assert _files(out) == before
+
+
+def test_second_writer_is_refused_and_writes_nothing(tiny_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    with output_lock(out):
+        code = main(["generate", "--model", str(tiny_model), "--out", str(out), *FAST, *OK])
+        assert [p.name for p in tmp_path.iterdir()] == [".out.lock"]  # the holder's
+    _one_line_error(capsys, code, rf"{out} is being written by another run "
+                                  rf"\(pid {os.getpid()}\); wait for it to end")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_second_writer_of_a_geneval_layout_is_refused(tiny_model, tmp_path, capsys):
+    (tmp_path / "shapes.jsonl").write_text(json.dumps(
+        {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "red"}],
+         "prompt": "a red circle"}) + "\n")
+    with output_lock(tmp_path / "layout"):
+        code = main(["generate", "--model", str(tiny_model), "--out", str(tmp_path / "out"),
+                     *FAST, "--benchmark", "geneval", "--benchmark-file",
+                     str(tmp_path / "shapes.jsonl"), "--geneval-out", str(tmp_path / "layout")])
+    _one_line_error(capsys, code, r"layout is being written by another run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes.jsonl"]
+
+
+def test_stale_staging_is_cleaned_and_a_live_process_staging_kept(tiny_model, tmp_path, capsys):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead = tmp_path / f".out.partial-{child.pid}-0123abcd"  # left by a killed run of old
+    live = tmp_path / f".out.partial-{os.getpid()}-feedbeef"
+    for stage in (dead, live):
+        stage.mkdir()
+        (stage / "00000.png").write_bytes(b"x")
+    (tmp_path / ".out.lock").write_text("12345\n")  # a killed run's lock file: not held
+    assert _run(capsys, tiny_model, tmp_path / "out", *OK, "--num-images", "1")[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "out"]

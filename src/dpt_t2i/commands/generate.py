@@ -4,7 +4,9 @@ Image k of a run (counted over all prompts, --num-images per prompt) starts from
 and is written as `k.png` with five digits (00000.png, ...); `index.jsonl` holds one
 record per image: file, prompt, seed and the settings. Every input is checked before the
 model loads, and the folder is written through a staging folder, so a bad input writes
-nothing and an interruption never leaves an index that names a missing image.
+nothing and an interruption never leaves an index that names a missing image. One run
+writes DIR at a time (a lock beside it); a killed run leaves its finished images staged
+beside DIR, and `--resume` with the same flags makes only the rest.
 
 Methods: on the shipped Shapes model the default is DPT (its shipped DPT weights, LoRA fused
 into the U-Net); `--base` samples the model alone; `--dpt PATH` takes another DPT folder
@@ -22,6 +24,7 @@ geneval`, `--geneval-out DIR` also lays the images out as GenEval's evaluator re
 from __future__ import annotations
 
 import argparse
+from contextlib import ExitStack
 from pathlib import Path
 
 from ..data.benchmarks import check_geneval_out, write_geneval_layout
@@ -29,6 +32,7 @@ from ..generation.guidance import MODES
 from ..generation.methods import (FolderRun, MethodSpec, SamplerSettings, check_self_correction,
                                   choose_method, generate_folder)
 from ..generation.sampling import SCHEDULERS
+from ..io.folder_writer import output_lock
 from ..io.image_folder import INDEX
 from .model_args import add_threads_argument, model_folder, quiet_loading, set_threads
 from .prompt_input import add_benchmark_arguments, add_prompt_arguments, read_prompt_set
@@ -84,8 +88,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="with --benchmark geneval: also write DIR/<prompt>/metadata.jsonl "
                           "and DIR/<prompt>/samples/<n>.png, GenEval's evaluator's layout")
     gen.add_argument("--overwrite", action="store_true",
-                     help="replace an earlier run in DIR (its index and images), and the "
-                          "prompt folders in --geneval-out DIR")
+                     help="replace an earlier run in DIR (its index and images) and discard an "
+                          "unfinished one, and the prompt folders in --geneval-out DIR")
+    gen.add_argument("--resume", action="store_true",
+                     help="finish the unfinished run of a killed `dpt generate` into DIR: keep "
+                          "its images, make the rest (same flags as it had; a new run if there "
+                          "is none)")
     add_threads_argument(gen)
     gen.set_defaults(run=run)
 
@@ -105,19 +113,22 @@ def run(args: argparse.Namespace) -> int:
                          sc_mode=args.self_correct_mode, attend_excite=args.attend_excite,
                          subject_words=words)
     job = FolderRun(model, prompts, args.out, spec, sampler, args.num_images, args.seed,
-                    benchmark, args.overwrite)
+                    benchmark, args.overwrite, args.resume)
     checked: dict[str, Path | None] = {}
+    with ExitStack() as held:  # --geneval-out's lock, from its check to its layout
 
-    def before_load(out: Path) -> None:
-        checked["out"] = out
-        checked["geneval"] = _geneval_folder(args.geneval_out, out, args.overwrite)
-        quiet_loading()
+        def before_load(out: Path) -> None:
+            checked["out"] = out
+            checked["geneval"] = _geneval_folder(args.geneval_out, out, args.overwrite)
+            if checked["geneval"] is not None:
+                held.enter_context(output_lock(checked["geneval"]))
+            quiet_loading()
 
-    records = generate_folder(job, before_load=before_load)
-    print(f"wrote {len(records)} images and {INDEX} to {checked['out']}")
-    if checked["geneval"] is not None:
-        n = write_geneval_layout(checked["out"], checked["geneval"], overwrite=args.overwrite)
-        print(f"wrote GenEval's layout of {n} prompt folders to {checked['geneval']}")
+        records = generate_folder(job, before_load=before_load)
+        print(f"wrote {len(records)} images and {INDEX} to {checked['out']}")
+        if checked["geneval"] is not None:
+            n = write_geneval_layout(checked["out"], checked["geneval"], overwrite=args.overwrite)
+            print(f"wrote GenEval's layout of {n} prompt folders to {checked['geneval']}")
     return 0
 
 

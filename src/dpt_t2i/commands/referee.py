@@ -56,7 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                             f"{getattr(reference, name):g} elsewhere)")
     for name in ("augment", "sds", "ema"):
         p.add_argument(f"--no-{name}", action="store_true", help=f"switch {name} off")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in DIR and discard an unfinished one")
+    p.add_argument("--resume", action="store_true",
+                   help="finish the unfinished run of a killed `dpt referee` into DIR: keep its "
+                        "images, make the rest (same flags as it had)")
     add_threads_argument(p)
     p.set_defaults(run=run)
 
@@ -70,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     model = model_folder(args.model)
     job = RefereeRun(model, prompts, args.out, _settings(args, model), args.referee, args.dpt,
-                     args.num_images, args.seed, args.batch_size, args.overwrite)
+                     args.num_images, args.seed, args.batch_size, args.overwrite, args.resume)
     records = referee_folder(job, before_load=lambda out: quiet_loading())
     print(f"wrote {len(records)} images and {INDEX} to {Path(args.out).expanduser().resolve()}")
     return 0

@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from ..data.shapes.world import SHAPES
 from ..io.bundle import ModelBundle, default_model_path, load_bundle, read_vocabulary
 from ..io.dpt_folder import default_dpt_path, load_for_sampling, read_dpt_config
-from ..io.image_folder import (check_output_folder, numbered_records, publish, staging_folder,
-                               write_index, write_png)
+from ..io.folder_writer import RESUME_OR_OVERWRITE, open_folder
+from ..io.image_folder import numbered_records, write_png
 from ..model.score import MatchScore
 from .attend_excite import build_pipeline, sample_attend_excite, subject_words, token_indices
 from .guidance import DEFAULT_T_RANGE, MODES, SelfCorrection
@@ -284,8 +284,11 @@ class FolderRun:
     seed: int = 0                     # image k of the run uses seed + k
     benchmark: list[dict] | None = None  # one dict per prompt, recorded under "benchmark"
     overwrite: bool = False
+    resume: bool = False              # keep an unfinished run's images, make the rest
 
     def __post_init__(self):
+        if self.overwrite and self.resume:
+            raise ValueError(RESUME_OR_OVERWRITE)
         if self.num_images <= 0:
             raise ValueError(f"--num-images must be a positive whole number, "
                              f"got {self.num_images}")
@@ -302,9 +305,9 @@ def generate_folder(run: FolderRun, bundle: ModelBundle | None = None,
     """Sample every image of `run` into run.out (PNGs and index.jsonl); return the records.
 
     Every input is checked before the model loads (`before_load` gets the resolved output
-    folder then, for a caller's own checks), and the folder is written through a staging
-    folder, so a bad input writes nothing and an interruption never leaves an index that
-    names a missing image.
+    folder then, for a caller's own checks), and the folder is taken and written as
+    `io/folder_writer.py` says: one run at a time, a bad input writes nothing, the index and
+    the images agree at every moment, and a killed run continues with `run.resume`.
 
     Args:
         run: what to make and where.
@@ -314,32 +317,34 @@ def generate_folder(run: FolderRun, bundle: ModelBundle | None = None,
     if vocabulary is not None:
         check_vocabulary(run.prompts, vocabulary, run.model)
     records = run.plan()
-    out = check_output_folder(run.out, [r["file"] for r in records], overwrite=run.overwrite)
-    if before_load is not None:
-        before_load(out)
-    bundle = bundle or load_bundle(run.model)
-    check_lengths(bundle.tokenizer, run.prompts)
-    method = load_method(bundle, run.spec, run.prompts)
-    if method.subjects is not None:
-        for record in records:
-            record["subject_tokens"] = method.subjects[record["prompt"]]
-    with staging_folder(out) as stage:
-        render(bundle, records, stage, run.sampler, method)
-        write_index(stage, records)
-        publish(stage, out, overwrite=run.overwrite)
+    with open_folder(run.out, records, run.sampler.batch_size, overwrite=run.overwrite,
+                     resume=run.resume) as folder:
+        if before_load is not None:
+            before_load(folder.out)
+        bundle = bundle or load_bundle(run.model)
+        check_lengths(bundle.tokenizer, run.prompts)
+        method = load_method(bundle, run.spec, run.prompts)
+        if method.subjects is not None:
+            for record in records:
+                record["subject_tokens"] = method.subjects[record["prompt"]]
+        todo = folder.start(records)
+        render(bundle, todo, folder.stage, run.sampler, method, folder.add)
+        folder.finish()
     return records
 
 
 def render(bundle: ModelBundle, records: list[dict], folder: Path, sampler: SamplerSettings,
-           method: Method | None = None) -> None:
+           method: Method | None = None,
+           batch_done: Callable[[list[dict]], None] | None = None) -> None:
     """Sample each record's image from its prompt and seed; write it as folder / record["file"].
 
     Args:
         bundle: the model.
-        records: from `plan_images`.
+        records: from `plan_images` (or the rest of them, from a batch boundary).
         folder: where the PNGs go.
         sampler: steps, guidance, scheduler and batch size.
         method: DPT heads and self-correction (default: the bundle's U-Net as it is).
+        batch_done: called with each batch's records once its PNGs are written.
     """
     with tqdm(total=len(records), unit="image", desc="generate", dynamic_ncols=True) as bar:
         for start in range(0, len(records), sampler.batch_size):
@@ -349,6 +354,8 @@ def render(bundle: ModelBundle, records: list[dict], folder: Path, sampler: Samp
                                    sampler.scheduler, method)
             for record, image in zip(batch, images):
                 write_png(folder / record["file"], image)
+            if batch_done is not None:
+                batch_done(batch)
             bar.update(len(batch))
 
 

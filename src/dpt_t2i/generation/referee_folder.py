@@ -2,8 +2,8 @@
 
 Image k of the run starts from the latent noise of seed S+k and is written as k.png, with one
 `index.jsonl` record per image naming the referee and every setting. Inputs are checked
-before the model loads and the folder is written through a staging folder, as
-`methods.generate_folder` writes its own.
+before the model loads and the folder is taken and written as `methods.generate_folder`
+does (`io/folder_writer.py`: one run at a time, resumable).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from ..eval.quality import load_clip_and_tokenizer
 from ..io.bundle import ModelBundle, load_bundle, read_vocabulary
 from ..io.dpt_folder import load_for_sampling
-from ..io.image_folder import (check_output_folder, numbered_records, publish, staging_folder,
-                               write_index, write_png)
+from ..io.folder_writer import RESUME_OR_OVERWRITE, open_folder
+from ..io.image_folder import numbered_records, write_png
 from .methods import FolderRun, SamplerSettings, check_vocabulary, shipped_dpt
 from .referee import RefereeSettings, Scorer, clip_scorer, dpt_scorer, generate
 from .sampling import decode
@@ -41,8 +41,11 @@ class RefereeRun:
     seed: int = FolderRun.seed
     batch_size: int = SamplerSettings.batch_size  # images optimised together
     overwrite: bool = False
+    resume: bool = False              # keep an unfinished run's images, make the rest
 
     def __post_init__(self):
+        if self.overwrite and self.resume:
+            raise ValueError(RESUME_OR_OVERWRITE)
         for flag, value in (("--num-images", self.num_images),
                             ("--batch-size", self.batch_size)):
             if value <= 0:
@@ -60,17 +63,25 @@ class RefereeRun:
             **{f.name: getattr(self.settings, f.name) for f in fields(self.settings)}})
 
 
-def load_referee(bundle: ModelBundle, referee: str, dpt: Path | None) -> Scorer:
-    """The referee's scorer on `bundle` (a DPT folder's LoRA is fused into its U-Net)."""
+def load_referee(bundle: ModelBundle, referee: str, dpt: Path | None
+                 ) -> Callable[[int], Scorer]:
+    """The referee on `bundle` (a DPT folder's LoRA is fused into its U-Net), as a function of
+    a batch's first seed giving the batch's scorer.
+
+    The DPT scorer's noise is drawn from a generator it seeds; one scorer per batch, seeded
+    by the batch, makes each batch's images independent of the batches before it, so a
+    resumed run makes them as an uninterrupted one does.
+    """
     if referee == "clip":
-        return clip_scorer(*load_clip_and_tokenizer())
+        scorer = clip_scorer(*load_clip_and_tokenizer())  # draws no noise
+        return lambda seed: scorer
     folder = dpt if dpt is not None else shipped_dpt(bundle.path)
     if folder is None:
         raise ValueError("--referee dpt needs --dpt PATH on a model other than the shipped one")
     heads, config = load_for_sampling(folder, bundle.unet)
     if heads is None:
         raise ValueError(f"--dpt {folder} holds LoRA only: there is no adapter to referee with")
-    return dpt_scorer(bundle, heads, config)
+    return lambda seed: dpt_scorer(bundle, heads, config, seed=seed)
 
 
 def referee_folder(run: RefereeRun, before_load: Callable[[Path], None] | None = None
@@ -85,21 +96,24 @@ def referee_folder(run: RefereeRun, before_load: Callable[[Path], None] | None =
     if vocabulary is not None:
         check_vocabulary(run.prompts, vocabulary, run.model)
     records = run.plan()
-    out = check_output_folder(run.out, [r["file"] for r in records], overwrite=run.overwrite)
-    if before_load is not None:
-        before_load(out)
-    bundle = load_bundle(run.model)
-    scorer = load_referee(bundle, run.referee, run.dpt)
-    with staging_folder(out) as stage:
-        _render(bundle, scorer, records, stage, run.settings, run.batch_size)
-        write_index(stage, records)
-        publish(stage, out, overwrite=run.overwrite)
+    with open_folder(run.out, records, run.batch_size, overwrite=run.overwrite,
+                     resume=run.resume) as folder:
+        if before_load is not None:
+            before_load(folder.out)
+        bundle = load_bundle(run.model)
+        scorers = load_referee(bundle, run.referee, run.dpt)
+        todo = folder.start(records)
+        _render(bundle, scorers, todo, folder.stage, run.settings, run.batch_size, folder.add)
+        folder.finish()
     return records
 
 
-def _render(bundle: ModelBundle, scorer: Scorer, records: list[dict], folder: Path,
-            settings: RefereeSettings, batch_size: int) -> None:
-    """Each record's image, `batch_size` optimised together, with a bar over iterations."""
+def _render(bundle: ModelBundle, scorers: Callable[[int], Scorer], records: list[dict],
+            folder: Path, settings: RefereeSettings, batch_size: int,
+            batch_done: Callable[[list[dict]], None]) -> None:
+    """Each record's image, `batch_size` optimised together (with the scorer of the batch's
+    first seed), with a bar over iterations; `batch_done` gets each batch's records once its
+    PNGs are written."""
     with tqdm(total=len(records) * settings.iterations, unit="it", desc="referee",
               dynamic_ncols=True) as bar:
         for start in range(0, len(records), batch_size):
@@ -110,7 +124,8 @@ def _render(bundle: ModelBundle, scorer: Scorer, records: list[dict], folder: Pa
                 bar.update((i - done[0]) * len(batch))
                 done[0] = i
 
-            latents = generate(bundle, scorer, [r["prompt"] for r in batch],
+            latents = generate(bundle, scorers(batch[0]["seed"]), [r["prompt"] for r in batch],
                                [r["seed"] for r in batch], settings, progress)
             for record, image in zip(batch, decode(bundle, latents)):
                 write_png(folder / record["file"], image)
+            batch_done(batch)

@@ -3,7 +3,8 @@
 Files are written into a staging folder beside the output folder (so on the same file
 system) and moved into place at the end, the index last: an interrupted run leaves either
 nothing or images without an index, never an index that names a missing file. PNGs are
-written by PIL without metadata, so the same pixels give byte-identical files.
+written by PIL without metadata, so the same pixels give byte-identical files. One writer at a
+time and resuming a killed run: `io/folder_writer.py`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import numpy as np
 from PIL import Image
 
 INDEX = "index.jsonl"
+PLAN = "plan.json"              # in a resumable staging folder: what the run makes
+PUBLISHING = "publishing.json"  # PLAN renamed by `publish` once files start moving into `out`
+REPLACED = "replaced.jsonl"     # the index of the earlier run `publish` is replacing
 
 
 def check_output_folder(out: str | Path, names: Iterable[str], overwrite: bool = False) -> Path:
@@ -39,21 +43,34 @@ def check_output_folder(out: str | Path, names: Iterable[str], overwrite: bool =
         ValueError: `out` is a file, holds a run or clashing files without `overwrite`,
             or no file can be created where the run must write.
     """
+    out = _check_place(out)
+    if not overwrite:
+        _check_free(out, names)
+    return out
+
+
+def _check_place(out: str | Path) -> Path:
+    """`out` resolved; ValueError if it is a file or no file can be created there."""
     out = Path(out).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {out} is a file; expected a folder to write images into")
-    if out.is_dir() and not overwrite:
-        if (out / INDEX).exists():
-            raise ValueError(f"{out} already holds a run ({INDEX}); pass --overwrite to replace "
-                             "it, or choose another output folder")
-        clash = next((n for n in names if (out / n).exists()), None)
-        if clash is not None:
-            raise ValueError(f"{out} already has {clash}; pass --overwrite to replace it, or "
-                             "choose another output folder")
     _check_writable(out.parent)
     if out.is_dir():
         _check_writable(out)
     return out
+
+
+def _check_free(out: Path, names: Iterable[str]) -> None:
+    """ValueError if `out` holds a run or a file of one of `names`."""
+    if not out.is_dir():
+        return
+    if (out / INDEX).exists():
+        raise ValueError(f"{out} already holds a run ({INDEX}); pass --overwrite to replace "
+                         "it, or choose another output folder")
+    clash = next((n for n in names if (out / n).exists()), None)
+    if clash is not None:
+        raise ValueError(f"{out} already has {clash}; pass --overwrite to replace it, or "
+                         "choose another output folder")
 
 
 def _check_writable(folder: Path) -> None:
@@ -72,10 +89,36 @@ def _check_writable(folder: Path) -> None:
                          "writable output folder") from None
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists (a process of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_stages(out: Path) -> None:
+    """Remove the staging folders `.NAME.partial-PID-HEX` beside `out` of processes now dead
+    (a live process's are left alone)."""
+    prefix = f".{out.name}.partial-"
+    if not out.parent.is_dir():
+        return
+    for path in out.parent.iterdir():
+        pid = path.name[len(prefix):].partition("-")[0]
+        if path.name.startswith(prefix) and pid.isdigit() and path.is_dir() \
+                and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @contextmanager
 def staging_folder(out: Path) -> Iterator[Path]:
-    """A fresh folder beside `out` to write the run into; removed on exit whatever happens."""
+    """A fresh folder beside `out` to write into; removed on exit whatever happens (the stale
+    ones of dead processes are removed first)."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_stages(out)
     stage = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
     stage.mkdir()
     try:
@@ -130,34 +173,46 @@ def read_index(folder: Path, required: tuple[str, ...] = ("file",)) -> list[dict
 
 
 def publish(stage: Path, out: Path, overwrite: bool = False) -> None:
-    """Move a finished staging folder's files into `out`, the index last.
+    """Move a finished staging folder's images into `out`, the index last; remove the stage.
 
     A new `out` is one rename of the staging folder. With `overwrite`, an earlier run in
-    `out` is removed first (its index, then the images it names).
+    `out` is removed first (its index, then the images it names that the new run does not
+    replace). Run again on a stage whose publication was interrupted, it finishes the job.
     """
     if not (stage / INDEX).is_file():
         raise ValueError(f"{stage} has no {INDEX}: publish a finished run only")
+    names = [r["file"] for r in read_index(stage)]
+    if (stage / PLAN).exists():
+        os.replace(stage / PLAN, stage / PUBLISHING)
     if not out.exists():
+        (stage / PUBLISHING).unlink(missing_ok=True)
         os.replace(stage, out)
         return
-    if overwrite:
-        _remove_run(out)
-    for path in sorted(stage.iterdir()):
-        if path.name != INDEX:
-            os.replace(path, out / path.name)
-    os.replace(stage / INDEX, out / INDEX)
-
-
-def _remove_run(out: Path) -> None:
-    """Delete `out`'s index, then the files it names that sit directly in `out`."""
-    index = out / INDEX
-    if not index.exists():
-        return
-    try:
-        names = [r.get("file") for r in read_index(out) if isinstance(r, dict)]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        names = []
-    index.unlink()
+    if overwrite and (out / INDEX).exists():
+        os.replace(out / INDEX, stage / REPLACED)
+    if (stage / REPLACED).exists():
+        _remove_named(out, stage / REPLACED, keep=set(names))
     for name in names:
-        if isinstance(name, str) and name and Path(name).name == name and (out / name).is_file():
+        if (stage / name).exists():
+            os.replace(stage / name, out / name)
+    os.replace(stage / INDEX, out / INDEX)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def _remove_named(out: Path, index: Path, keep: set[str]) -> None:
+    """Delete the files the index file `index` names directly in `out`, but for `keep` (which
+    the new run replaces); then the index file."""
+    names = []
+    for line in index.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            names.append(record.get("file"))
+    for name in names:
+        if isinstance(name, str) and name and Path(name).name == name and name not in keep \
+                and (out / name).is_file():
             (out / name).unlink()
+    index.unlink()
+
