@@ -58,7 +58,7 @@ def test_publish_refuses_an_unfinished_stage(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-# ------------------------------------------------------------------------------ one writer, resumable
+# --------------------------------------------------------------------------- one writer, resumable
 
 
 def _records(n):
