@@ -47,6 +47,11 @@ def test_images_are_those_of_dpt_generate(demo, tmp_path):
 @pytest.mark.parametrize("prompt, methods, settings, message", [
     ("   ", ["base"], {}, "the prompt is empty"),
     ("a red pentagon", ["base"], {}, "word 'pentagon'"),
+    ("circle red a", ["base"], {}, r"prompt 'circle red a' is not one the Shapes grammar reads"),
+    ("a red circle\nand a blue square", ["base"], {}, "the prompt .* holds a line break"),
+    ("a red " + "x" * 10_000, ["base"], {}, r"word 'x{80}'\.\.\. \(10000 characters\)"),
+    (PROMPT, ["base"], {"steps": 1001}, "the number of steps must be a whole number from 1 to "
+                                        "1000, got 1001"),
     (PROMPT, [], {}, "no method chosen"),
     (PROMPT, ["attend-excite"], {}, "not available"),
     (PROMPT, ["base"], {"seed": -1}, "the seed must be a whole number from 0 to"),
@@ -61,6 +66,13 @@ def test_images_are_those_of_dpt_generate(demo, tmp_path):
 def test_bad_input_is_a_usage_error(demo, prompt, methods, settings, message):
     with pytest.raises(ValueError, match=message):
         demo.generate(prompt, methods, **settings)
+
+
+def test_prompt_is_read_as_dpt_generate_reads_it(demo):
+    comparison = demo.generate("  a red circle. ", ["base"], seed=1, steps=2)
+    assert comparison.prompt == "a red circle" and comparison.shown[0].verdict is not None
+    again = demo.generate("a red circle", ["base"], seed=1, steps=2)
+    assert np.array_equal(comparison.shown[0].image, again.shown[0].image)
 
 
 def test_page_shows_bad_input_in_its_status_line_and_goes_on(demo):

@@ -119,6 +119,35 @@ def test_bad_checkpoint_files_are_named(tmp_path):
         read_official_checkpoint(tmp_path / "object.bin")
 
 
+@pytest.mark.parametrize("content", ["empty", "random bytes", "pickled object"])
+def test_unreadable_checkpoint_is_one_line_naming_the_file(content, tiny_model, tmp_path, capsys,
+                                                            monkeypatch):
+    """Our own line, not torch's advice to retry with weights_only=False; before the U-Net
+    loads, and nothing written."""
+    import diffusers
+
+    def not_loaded(*args, **kwargs):
+        raise AssertionError("the U-Net loaded before the checkpoint was read")
+
+    monkeypatch.setattr(diffusers.UNet2DConditionModel, "from_pretrained", not_loaded)
+    file = tmp_path / "pytorch_model.bin"
+    if content == "pickled object":
+        torch.save({"x": _Payload()}, file)
+    else:
+        file.write_bytes(b"" if content == "empty" else
+                         np.random.default_rng(0).bytes(5000))
+    code = main(["import-official", str(file), "--model", str(tiny_model), "--out",
+                 str(tmp_path / "imported")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    expected = "expected the authors' pytorch_model.bin (a PyTorch checkpoint of tensors only)"
+    what = ": the file is empty; " if content == "empty" else \
+        " with torch.load(weights_only=True); "
+    assert err.startswith("dpt import-official: error: ") and f"{file}{what}{expected}" in err
+    assert "weights_only=False" not in err and "weights_only` set to `False" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pytorch_model.bin"]
+
+
 def test_imported_folder_samples_with_the_legacy_lora(tiny_model, tmp_path, capsys):
     """`dpt import-official` then `dpt generate --dpt`: the image of the LoRA'd U-Net, and
     self-correction with the authors' adapter."""

@@ -90,6 +90,25 @@ def test_prompts_file_skips_blank_lines(tiny_model, tmp_path, capsys):
     assert [r["seed"] for r in records] == [0, 1]
 
 
+def test_prompts_are_read_as_every_command_reads_them(tiny_model, tmp_path, capsys):
+    """A byte-order mark opening the file is no prompt text; a trailing period is dropped;
+    capitals are the tokenizer's lower case, for the Shapes grammar too."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("\ufeffa red circle.\nTwo Blue squares .\n".encode())
+    code, _ = _run(capsys, tiny_model, tmp_path / "file", "--prompts-file", str(prompts),
+                   "--num-images", "1")
+    assert code == 0
+    code, _ = _run(capsys, tiny_model, tmp_path / "flags", "--prompt", " a red circle. ",
+                   "--prompt", "Two Blue squares", "--num-images", "1")
+    assert code == 0
+    for run in ("file", "flags"):
+        index = (tmp_path / run / "index.jsonl").read_text().splitlines()
+        records = [json.loads(x) for x in index]
+        assert [r["prompt"] for r in records] == ["a red circle", "Two Blue squares"]
+    assert (tmp_path / "file" / "00000.png").read_bytes() == \
+        (tmp_path / "flags" / "00000.png").read_bytes()
+
+
 def test_existing_run_needs_overwrite(tiny_model, tmp_path, capsys):
     out = tmp_path / "out"
     assert _run(capsys, tiny_model, out, "--prompt", "a red circle", "--num-images", "3")[0] == 0
@@ -124,7 +143,8 @@ def test_interruption_leaves_nothing(tiny_model, tmp_path, capsys, monkeypatch):
 # ------------------------------------------------------------------------------ bad input
 
 OK = ["--prompt", "a red circle"]
-BAD = {  # case: (arguments, with {tmp} for the test's folder; what the error must say)
+BAD = {  # case: (arguments, with {tmp} for the test's folder, {plain} for the tiny model
+    # without Shapes vocabulary; what the error must say)
     "empty prompt": (["--prompt", "  "], "is empty"),
     "no prompt": ([], "no prompt"),
     "both prompt kinds": ([*OK, "--prompts-file", "{tmp}/empty.txt"], "not both"),
@@ -142,7 +162,44 @@ BAD = {  # case: (arguments, with {tmp} for the test's folder; what the error mu
     "unwritable out": ([*OK, "--out", "/proc/dpt-test/out"], "cannot write in /proc"),
     "out under a file": ([*OK, "--out", "{tmp}/a-file/out"], "a-file is a file"),
     "out is a file": ([*OK, "--out", "{tmp}/a-file"], "a-file is a file"),
-    "too long": (["--prompt", " ".join(["a red circle"] * 6)], "tokens long"),
+    "too long": (["--prompt", " ".join(["a red circle"] * 6), "--model", "{plain}"],
+                 "tokens long"),
+    "too long for the grammar": (["--prompt", " ".join(["a red circle"] * 6)],
+                                 "is not one the Shapes grammar reads.*at word 4, got 'a'"),
+    "grammar cannot read it": (["--prompt", "circle red a"],
+                               r"prompt 'circle red a' is not one the Shapes grammar reads, so "
+                               r"`dpt evaluate` could not judge its images: expected 'a' or a "
+                               r"number word at word 1, got 'circle'"),
+    "line break in a prompt": (["--prompt", "a red circle\nand a blue square"],
+                               r"--prompt number 1 'a red circle\\nand a blue square' holds a "
+                               "line break; a prompt is one line of text"),
+    "10 kB prompt, clipped": (["--prompt", "a red circle " * 800, "--model", "{plain}"],
+                              r"^dpt generate: error: prompt 'a red circle (a red circle ){5}a "
+                              r"'\.\.\. \(10399 characters\) is \d+ tokens long"),
+    "10 kB word, clipped": (["--prompt", "a red " + "x" * 10_000],
+                            r"word 'x{80}'\.\.\. \(10000 characters\) in prompt 'a red x{74}'"
+                            r"\.\.\. \(10006 characters\) is not in the vocabulary"),
+    "steps past the schedule": ([*OK, "--steps", "1001"],
+                                r"--steps must be at most 1000 on this model \(its scheduler's "
+                                r"num_train_timesteps\), got 1001"),
+    "seed past 2**63": ([*OK, "--seed", str(2**64)],
+                        rf"--seed {2**64} gives the run's 4 images seeds up to {2**64 + 3}; a "
+                        rf"seed must be at most {2**63 - 1} \(2\*\*63 - 1\)"),
+    "last seed past 2**63": ([*OK, "--seed", str(2**63 - 1), "--num-images", "2"],
+                             rf"so --seed at most {2**63 - 2} here"),
+    "negative seed": ([*OK, "--seed", "-1"], "--seed must be 0 or more, got -1"),
+    "dpt heads truncated": ([*OK, "--dpt", "{tmp}/heads-truncated"],
+                            r"cannot read .*heads-truncated/heads.safetensors \(.*\); expected a "
+                            "whole safetensors file"),
+    "dpt lora truncated": ([*OK, "--dpt", "{tmp}/lora-truncated"],
+                           r"cannot read .*lora-truncated/lora.safetensors \(.*\); expected a "
+                           "whole safetensors file"),
+    "dpt lora missing": ([*OK, "--dpt", "{tmp}/lora-missing"],
+                         r"lora-missing/lora.safetensors is missing; the DPT folder's "
+                         r"dpt_config.json says it holds the LoRA weights"),
+    "dpt config a list": ([*OK, "--dpt", "{tmp}/config-list"],
+                          r"config-list/dpt_config.json is not a valid DPT config: expected a "
+                          "JSON object .*, got a list"),
     "negative eta": ([*OK, "--self-correct", "-0.5"], "--self-correct must be a finite number > 0"),
     "zero eta": ([*OK, "--self-correct", "0"], "--self-correct must be a finite number > 0"),
     "nan eta": ([*OK, "--self-correct", "nan"], "--self-correct must be a finite number > 0"),
@@ -156,22 +213,74 @@ BAD = {  # case: (arguments, with {tmp} for the test's folder; what the error mu
 }
 
 
+def broken_dpt(kind, tiny_dpt, folder):
+    """A copy of `tiny_dpt` at `folder`, broken as `kind` says (a key of BROKEN_DPT)."""
+    shutil.copytree(tiny_dpt, folder)
+    if kind == "heads-truncated":  # cut inside the header
+        data = (tiny_dpt / "heads.safetensors").read_bytes()
+        (folder / "heads.safetensors").write_bytes(data[:500])
+    elif kind == "lora-truncated":  # the header whole (8 bytes of length, then JSON), a tensor cut
+        data = (tiny_dpt / "lora.safetensors").read_bytes()
+        (folder / "lora.safetensors").write_bytes(data[:8 + int.from_bytes(data[:8], "little")
+                                                       + 10])
+    elif kind == "lora-missing":
+        (folder / "lora.safetensors").unlink()
+    elif kind == "config-list":
+        (folder / "dpt_config.json").write_text("[]")
+    return folder
+
+
+BROKEN_DPT = ("heads-truncated", "lora-truncated", "lora-missing", "config-list")
+
+
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_is_one_line_and_writes_nothing(case, tiny_model, tmp_path, capsys):
+def test_bad_input_is_one_line_and_writes_nothing(case, tiny_model, tiny_model_plain, tiny_dpt,
+                                                  tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("\n  \n")
     (tmp_path / "not-a-model").mkdir()
     (tmp_path / "a-file").write_text("x")
-    before = sorted(tmp_path.rglob("*"))
     args, pattern = BAD[case]
+    for kind in BROKEN_DPT:
+        if f"{{tmp}}/{kind}" in args:
+            broken_dpt(kind, tiny_dpt, tmp_path / kind)
+    before = sorted(tmp_path.rglob("*"))
     out = tmp_path / "out"
     code = main(["generate", "--model", str(tiny_model), "--out", str(out), *FAST,
-                 *(a.format(tmp=tmp_path) for a in args)])
+                 *(a.format(tmp=tmp_path, plain=tiny_model_plain) for a in args)])
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("dpt generate: error: ")
     assert re.search(pattern, err), err
     assert not out.exists()
     assert sorted(tmp_path.rglob("*")) == before
+
+
+DIVERGING = {  # case: (arguments, what the error must say)
+    "guidance 1e9": (["--guidance", "1e9"],
+                     r"sampling diverged at step 1 of 2 \(timestep \d+\): the latents reached "
+                     r"[\d.e+]+, past 1000; lower the guidance scale \(--guidance, 1e\+09 "
+                     r"here\)$"),
+    "self-correct 1e30": (["--self-correct", "1e30", "--self-correct-range", "0", "1000"],
+                          r"sampling diverged at step 1 of 2 \(timestep \d+\): the latents are "
+                          r"no longer finite numbers; lower the self-correction step size "
+                          r"\(--self-correct\) or the guidance scale \(--guidance, 3 here\)$"),
+}
+
+
+@pytest.mark.parametrize("case", list(DIVERGING))
+def test_diverging_sampling_stops_with_one_error_line(case, tiny_model, tiny_dpt, tmp_path,
+                                                      capsys):
+    """Latents that blow up stop the run at the step they do (they would decode to noise or
+    black), with the settings to lower; the progress bar aside, one line, and nothing written."""
+    args, pattern = DIVERGING[case]
+    code, captured = _run(capsys, tiny_model, tmp_path / "out", *OK, "--num-images", "1",
+                          "--dpt", str(tiny_dpt), *args)
+    assert code == 2
+    errors = [line for line in captured.err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "Traceback" not in captured.err, captured.err
+    assert re.search(pattern, captured.err.splitlines()[-1]), captured.err
+    assert captured.err.splitlines()[-1].startswith("dpt generate: error: ")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_console_script_bad_model_path(tmp_path):

@@ -32,13 +32,14 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..data.prompt_text import normalise_prompt
 from ..data.samples import images_to_tensor
 from ..data.shapes.grammar import Prompt, PromptError, parse_prompt
 from ..data.shapes.judge import Verdict, judge
 from ..generation.methods import METHODS as REGISTRY
 from ..generation.methods import Method, check_lengths, check_vocabulary, sample_images
 from ..generation.referee import RefereeSettings, dpt_scorer, generate
-from ..generation.sampling import decode
+from ..generation.sampling import MAX_SEED, decode, max_steps
 from ..io.bundle import ModelBundle, load_bundle
 from ..io.dpt_folder import load_for_sampling
 
@@ -53,8 +54,6 @@ EXAMPLES = {
                 "a cyan triangle to the left of a red square"),
 }
 SCORE_TIMESTEP = 100  # t at which the score reads an image: the evaluation's (README)
-MAX_STEPS = 1000      # the noise schedule's length
-MAX_SEED = 2**63 - 1  # torch.Generator's seeds
 
 # (done, total, what is running) after each denoising step or referee iteration
 Progress = Callable[[int, int, str], None]
@@ -125,7 +124,7 @@ class Demo:
         """One image per chosen method from the same seed, scored and judged.
 
         Args:
-            prompt: the text (surrounding spaces are dropped).
+            prompt: the text (surrounding spaces and a trailing period are dropped).
             methods: keys of METHODS, a subset of `self.methods`.
             seed: the starting noise's seed (as image 0 of `dpt generate --seed S`).
             steps: denoising steps of base, DPT and DPT + SC.
@@ -134,15 +133,16 @@ class Demo:
             progress: told of each denoising step and referee iteration.
 
         Raises:
-            ValueError: a message for the page: empty prompt, unknown word, no method, a
-                setting out of range.
+            ValueError: a message for the page: empty prompt, unknown word, a prompt the
+                Shapes grammar cannot read, no method, a setting out of range, sampling that
+                diverged.
         """
-        prompt = (prompt or "").strip()
         chosen = [m for m in METHODS if m in methods]
         iterations = self.referee.iterations if referee_iterations is None \
             else referee_iterations
         with self._lock:  # the checks too: a tokenizer is not safe to share between threads
-            seed, steps, iterations = self._check(prompt, methods, seed, steps, eta, iterations)
+            prompt, seed, steps, iterations = self._check(prompt or "", methods, seed, steps,
+                                                          eta, iterations)
             parsed, note = self._parse(prompt)
             work = {m: iterations if m == "referee" else steps for m in chosen}
             shown, done = [], 0
@@ -157,12 +157,11 @@ class Demo:
         return Comparison(prompt, seed, shown, note)
 
     def _check(self, prompt: str, methods: Sequence[str], seed, steps, eta: float,
-               iterations) -> tuple[int, int, int]:
-        """Raise ValueError on bad input; return seed, steps and iterations as ints."""
-        if not prompt:
-            raise ValueError("the prompt is empty: type one, such as "
-                             "'a red circle to the left of a blue square'")
-        if self.bundle.vocabulary is not None:
+               iterations) -> tuple[str, int, int, int]:
+        """Raise ValueError on bad input; return the prompt as `dpt generate` reads it
+        (`normalise_prompt`), and seed, steps and iterations as ints."""
+        prompt = normalise_prompt(prompt, "the prompt")
+        if self.bundle.vocabulary is not None:  # the words, then the Shapes grammar
             check_vocabulary([prompt], self.bundle.vocabulary, self.bundle.path)
         check_lengths(self.bundle.tokenizer, [prompt])
         if not methods:
@@ -172,12 +171,12 @@ class Demo:
                 raise ValueError(f"method {method!r} is not available here; this model runs "
                                  f"{', '.join(METHODS[m] for m in self.methods)}")
         seed = _whole(seed, "the seed", 0, MAX_SEED)
-        steps = _whole(steps, "the number of steps", 1, MAX_STEPS)
+        steps = _whole(steps, "the number of steps", 1, max_steps(self.bundle.scheduler_config))
         iterations = _whole(iterations, "the referee's iterations", 1)
         if "dpt+sc" in methods and not (isinstance(eta, (int, float)) and math.isfinite(eta)
                                         and eta > 0):
             raise ValueError(f"the self-correction strength eta must be a number > 0, got {eta}")
-        return seed, steps, iterations
+        return prompt, seed, steps, iterations
 
     def _parse(self, prompt: str) -> tuple[Prompt | None, str | None]:
         """The prompt as the Shapes judge reads it, or None and why there is no verdict."""

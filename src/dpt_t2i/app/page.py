@@ -12,7 +12,9 @@ outside the server.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -118,6 +120,33 @@ def handler(demo: Demo):
 def _visibility(methods: list[str], picked: list[str]) -> list[gr.Column]:
     """Column updates: shown for the picked methods, hidden for the others."""
     return [gr.Column(visible=m in picked) for m in methods]
+
+
+def check_address(host: str, port: int | None) -> None:
+    """ValueError, one line, unless `host` is an address of this machine and `port` (when
+    given) is free on it; checked by binding a socket as the server will, before the model
+    loads. (gradio would print uvicorn's traceback for a bad host, and advice about its own
+    `launch()` for a busy port.)"""
+    machine = "expected an address of this machine, such as 127.0.0.1 (this machine only) " \
+        "or 0.0.0.0 (every network)"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port or 0,
+                                                             type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise ValueError(f"--host {host!r} does not resolve ({err}); {machine}") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(address)
+        except OSError as err:
+            why = {errno.EADDRINUSE: "is in use", errno.EACCES: "is not open to this user "
+                   "(ports below 1024 need root)"}.get(err.errno)
+            if port is not None and why is not None:
+                raise ValueError(f"--port {port} {why} on {host}; choose another with "
+                                 "--port N, or leave --port out to take the first free one "
+                                 "from 7860") from None
+            raise ValueError(f"cannot serve on --host {host} ({err.strerror or err}); "
+                             f"{machine}") from None
 
 
 def launch(page: gr.Blocks, host: str = "127.0.0.1", port: int | None = None) -> str:

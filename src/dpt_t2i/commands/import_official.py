@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..io.interchange import import_official
+from ..io.interchange import import_official, read_official_checkpoint
 from .model_args import add_model_argument, model_folder, quiet_loading
 
 
@@ -31,14 +31,11 @@ def run(args: argparse.Namespace) -> int:
     model = model_folder(args.model)
     if args.out.exists():
         raise ValueError(f"{args.out} exists; choose a new folder for the imported DPT weights")
+    state = read_official_checkpoint(args.checkpoint)  # a bad file is named before the U-Net loads
     quiet_loading()
     from diffusers import UNet2DConditionModel
 
-
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", local_files_only=True)
-    try:
-        import_official(args.checkpoint, unet, args.out)
-    except ValueError as err:  # the library's message, prefixed with the file it is about
-        raise ValueError(f"{args.checkpoint}: {err}") from None
+    import_official(args.checkpoint, unet, args.out, state)  # its errors name the checkpoint
     print(f"wrote {args.out}: sample with `dpt generate --model {model} --dpt {args.out}`")
     return 0

@@ -7,13 +7,16 @@ import argparse
 from pathlib import Path
 
 from ..data.benchmarks import BENCHMARKS, read_benchmark
+from ..data.prompt_text import normalise_prompt
 
 
 def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", action="append", metavar="TEXT",
-                        help="a prompt (repeat for several)")
+                        help="a prompt (repeat for several; one line; a trailing period is "
+                             "dropped)")
     parser.add_argument("--prompts-file", type=Path, metavar="FILE",
-                        help="a UTF-8 text file with one prompt a line (blank lines skipped)")
+                        help="a UTF-8 text file with one prompt a line (blank lines skipped, "
+                             "trailing periods dropped)")
 
 
 def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,19 +52,15 @@ def read_prompt_set(args: argparse.Namespace) -> tuple[list[str], list[dict] | N
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
-    """The prompts given by `--prompt` or `--prompts-file`, stripped; raises ValueError if none."""
+    """The prompts given by `--prompt` or `--prompts-file`, as `normalise_prompt` leaves them;
+    raises ValueError if none, or naming one that is empty or holds a line break."""
     if args.prompt and args.prompts_file:
         raise ValueError("give prompts with --prompt or with --prompts-file, not both")
     if args.prompts_file is not None:
         return _read_file(args.prompts_file)
     if not args.prompt:
         raise ValueError("no prompt; expected --prompt TEXT (repeatable) or --prompts-file FILE")
-    prompts = [p.strip() for p in args.prompt]
-    for i, prompt in enumerate(prompts):
-        if not prompt:
-            raise ValueError(f"--prompt number {i + 1} is empty; expected a text such as "
-                             "'a red circle'")
-    return prompts
+    return [normalise_prompt(p, f"--prompt number {i + 1}") for i, p in enumerate(args.prompt)]
 
 
 def _read_file(path: Path) -> list[str]:
@@ -70,11 +69,12 @@ def _read_file(path: Path) -> list[str]:
         raise ValueError(f"prompts file {path} does not exist; {expected}")
     if not path.is_file():
         raise ValueError(f"prompts file {path} is not a file; {expected}")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+    try:  # utf-8-sig: a byte-order mark, which some editors write first, is no prompt text
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"cannot read prompts file {path} ({err}); {expected}") from None
-    prompts = [line.strip() for line in lines if line.strip()]
+    prompts = [normalise_prompt(line, f"line {i + 1} of prompts file {path}")
+               for i, line in enumerate(lines) if line.strip()]
     if not prompts:
         raise ValueError(f"prompts file {path} has no prompts; {expected}")
     return prompts

@@ -53,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
         read_dpt_config(dpt)  # a one-line error before the model loads
         dpt = dpt.resolve()
     try:  # gradio is an extra: imported only by the command that needs it
-        from ..app.page import build_page, launch
+        from ..app.page import build_page, check_address, launch
     except ImportError as err:
         raise ValueError(f"dpt serve needs the demo extra ({err}): pip install "
                          "\"dpt-t2i[demo]\"") from None
+    check_address(args.host, args.port)  # before the model loads
     quiet_loading()
     page = build_page(Demo.load(model, dpt, referee_preset(model)))
     try:

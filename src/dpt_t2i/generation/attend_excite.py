@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..data.prompt_text import quote
 from ..io.bundle import ModelBundle
 from .sampling import decode
 
@@ -52,7 +53,8 @@ def token_indices(tokenizer, prompt: str, words: Sequence[str]) -> list[int]:
     for word in words:
         found = [pos for w, pos in spans if w == word.lower() and pos not in used]
         if not found:
-            raise ValueError(f"subject word {word!r} is not a word of the prompt {prompt!r}")
+            raise ValueError(f"subject word {quote(word)} is not a word of the prompt "
+                             f"{quote(prompt)}")
         used.add(found[0])
         positions.append(found[0])
     return positions

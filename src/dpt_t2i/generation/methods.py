@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..data.prompt_text import quote
+from ..data.shapes.grammar import PromptError, parse_prompt
 from ..data.shapes.world import SHAPES
 from ..io.bundle import ModelBundle, default_model_path, load_bundle, read_vocabulary
 from ..io.dpt_folder import default_dpt_path, load_for_sampling, read_dpt_config
@@ -222,8 +224,8 @@ def subject_indices(bundle: ModelBundle, prompts: list[str],
     for prompt in prompts:
         found = subject_words(prompt, nouns)
         if not found:
-            raise ValueError(f"--attend-excite: prompt {prompt!r} has no subject word to excite "
-                             "(give them with --subject-words)")
+            raise ValueError(f"--attend-excite: prompt {quote(prompt)} has no subject word to "
+                             "excite (give them with --subject-words)")
         try:
             out[prompt] = token_indices(bundle.tokenizer, prompt, found)
         except ValueError as err:
@@ -253,22 +255,30 @@ def check_lengths(tokenizer: CLIPTokenizer, prompts: list[str]) -> None:
     for prompt in prompts:
         n = len(tokenizer.tokenize(prompt)) + 2
         if n > limit:
-            raise ValueError(f"prompt {prompt!r} is {n} tokens long with start and end tokens; "
-                             f"the model reads at most {limit}")
+            raise ValueError(f"prompt {quote(prompt)} is {n} tokens long with start and end "
+                             f"tokens; the model reads at most {limit}")
 
 
 def check_vocabulary(prompts: list[str], vocabulary: tuple[str, ...], model: Path) -> None:
-    """ValueError naming the first word of a prompt that the model's world lacks.
+    """ValueError naming the first word of a prompt that the model's world lacks, or a prompt
+    the Shapes grammar cannot read (with the grammar's message).
 
+    A Shapes model's images are judged by parsing their prompt (`dpt evaluate`, the page's
+    verdict), so a prompt the grammar cannot read is refused before any image is made.
     Words are compared in lower case, as the CLIP tokenizer lower-cases text.
     """
     known = {w.lower() for w in vocabulary}
     for prompt in prompts:
         for word in prompt.split():
             if word.lower() not in known:
-                raise ValueError(f"word {word!r} in prompt {prompt!r} is not in the vocabulary "
-                                 f"of the Shapes model {model}; known words: "
+                raise ValueError(f"word {quote(word)} in prompt {quote(prompt)} is not in the "
+                                 f"vocabulary of the Shapes model {model}; known words: "
                                  f"{' '.join(vocabulary)}")
+        try:
+            parse_prompt(prompt)
+        except PromptError as err:
+            raise ValueError(f"prompt {quote(prompt)} is not one the Shapes grammar reads, so "
+                             f"`dpt evaluate` could not judge its images: {err}") from None
 
 
 @dataclass

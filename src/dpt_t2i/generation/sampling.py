@@ -34,6 +34,13 @@ SCHEDULERS = {
     "ddpm": "DDPMScheduler",
 }
 
+MAX_SEED = 2**63 - 1  # a signed 64-bit integer: what torch.Generator, numpy and JSON readers share
+# a latent is data (a few units after the VAE's scaling) plus noise of std <= init_noise_sigma;
+# one past this many times that scale decodes to noise. Shapes model, 10 DDIM steps, largest
+# |latent| of any step: 3.4 at the defaults, 16 at --guidance 100, 736 at 1000, 1.3e8 at 1e9
+# (step 1); 82 at --self-correct 1e4, NaN at 1e30 (step 4)
+LATENT_LIMIT = 1000.0
+
 # (x (N, C, h, w) scaled model input, t scalar timestep, context (N, L, D)) -> eps (N, C, h, w),
 # or (eps, delta) with delta (B, C, h, w) the move the model_fn made to its input's B latents
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
@@ -92,6 +99,37 @@ def initial_latents(seeds: Sequence[int], shape: tuple[int, int, int], scheduler
     return noise * scheduler.init_noise_sigma
 
 
+def check_seeds(first: int, count: int, flag: str = "--seed") -> None:
+    """ValueError naming `flag` unless the seeds first .. first + count - 1 lie in [0, MAX_SEED].
+
+    Checked before a model loads: torch.Generator refuses a seed past 2**64 only when the
+    first image's noise is drawn.
+    """
+    count = max(count, 1)
+    last = first + count - 1
+    if first < 0:
+        raise ValueError(f"{flag} must be 0 or more, got {first}")
+    if last > MAX_SEED:
+        images = f"{count} image{'s' * (count != 1)}"
+        raise ValueError(f"{flag} {first} gives the run's {images} seeds up to {last}; a seed "
+                         f"must be at most {MAX_SEED} (2**63 - 1), so {flag} at most "
+                         f"{MAX_SEED - count + 1} here")
+
+
+def max_steps(scheduler_config: dict[str, Any]) -> int:
+    """The most denoising steps a model's scheduler takes: its training schedule's length
+    (num_train_timesteps; diffusers' default 1000)."""
+    return int(scheduler_config.get("num_train_timesteps", 1000))
+
+
+def check_steps(steps: int, scheduler_config: dict[str, Any], flag: str = "--steps") -> None:
+    """ValueError naming `flag` when `steps` exceeds what the model's scheduler takes."""
+    limit = max_steps(scheduler_config)
+    if steps > limit:
+        raise ValueError(f"{flag} must be at most {limit} on this model (its scheduler's "
+                         f"num_train_timesteps), got {steps}")
+
+
 def unet_model_fn(bundle: ModelBundle) -> ModelFn:
     """The plain noise prediction: the U-Net conditioned on `context`."""
     def model_fn(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -126,7 +164,12 @@ def sample(bundle: ModelBundle, prompt_embeds: torch.Tensor, negative_embeds: to
 
     Returns:
         (B, C, h, w) denoised latents.
+
+    Raises:
+        ValueError: naming the step, when the latents stop being finite or grow past
+            LATENT_LIMIT (a guidance scale or self-correction step far too large).
     """
+    wrapped = model_fn is not None  # self-correction (or another guidance) moves the latents
     model_fn = model_fn or unet_model_fn(bundle)
     cfg = guidance > 1
     if cfg and negative_embeds is None:
@@ -147,9 +190,28 @@ def sample(bundle: ModelBundle, prompt_embeds: torch.Tensor, negative_embeds: to
             eps_uncond, eps_cond = eps.chunk(2)
             eps = eps_uncond + guidance * (eps_cond - eps_uncond)
         latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+        _check_latents(latents, i, steps, t, guidance, scheduler, wrapped)
         if progress is not None:
             progress(i + 1)
     return latents
+
+
+def _check_latents(latents: torch.Tensor, i: int, steps: int, t: torch.Tensor, guidance: float,
+                   scheduler: SchedulerMixin, wrapped: bool) -> None:
+    """ValueError naming step i and the settings to lower when the latents diverged: not
+    finite, or past LATENT_LIMIT times the scheduler's starting noise scale."""
+    limit = LATENT_LIMIT * max(1.0, float(scheduler.init_noise_sigma))
+    finite = bool(torch.isfinite(latents).all())
+    if finite and float(latents.abs().max()) <= limit:
+        return
+    what = "are no longer finite numbers" if not finite else \
+        f"reached {float(latents.abs().max()):.3g}, past {limit:g}"
+    lower = ["the self-correction step size (--self-correct)"] if wrapped else []
+    if guidance > 1:
+        lower.append(f"the guidance scale (--guidance, {guidance:g} here)")
+    advice = f"lower {' or '.join(lower)}" if lower else "the model's weights may be broken"
+    raise ValueError(f"sampling diverged at step {i + 1} of {steps} (timestep {int(t)}): the "
+                     f"latents {what}; {advice}")
 
 
 def _input_scale(scheduler: SchedulerMixin, t: torch.Tensor, latents: torch.Tensor

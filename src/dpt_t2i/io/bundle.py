@@ -110,6 +110,18 @@ def read_vocabulary(folder: str | Path) -> tuple[str, ...] | None:
     return tuple(words)
 
 
+def read_scheduler_config(folder: str | Path) -> dict[str, Any]:
+    """The scheduler config of a checked model folder, read without loading the model."""
+    file = Path(folder) / "scheduler" / "scheduler_config.json"
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read {file} ({_one_line(err)}); {EXPECTED}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{file} is not a JSON object; {EXPECTED}")
+    return config
+
+
 def load_bundle(path: str | Path, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32) -> ModelBundle:
     """Load a model folder component by component, offline.
@@ -134,7 +146,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu",
     tokenizer = _load(CLIPTokenizer, folder, "tokenizer")
     for module in (vae, unet, text_encoder):
         module.to(device).eval().requires_grad_(False)
-    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    scheduler_config = read_scheduler_config(folder)
     return ModelBundle(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                        scheduler_config=scheduler_config, path=folder,
                        vocabulary=read_vocabulary(folder))

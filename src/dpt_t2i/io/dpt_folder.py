@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -56,14 +58,63 @@ def save_dpt(folder: Path, heads: DPTHeads | None, config: DPTConfig,
 
 
 def read_dpt_config(folder: Path) -> DPTConfig:
-    """The config of a DPT folder; ValueError naming the file and key when it is not one."""
+    """The config of a DPT folder, with the weight files it names checked to be whole (their
+    headers read, no tensors), so a broken folder is named before a model loads.
+
+    Raises:
+        ValueError: naming the file, and the key or what is wrong with it.
+    """
     file = Path(folder) / CONFIG_FILE
     if not file.is_file():
         raise ValueError(f"{folder} is not a DPT folder: it has no {CONFIG_FILE}")
     try:
-        return DPTConfig.from_dict(json.loads(file.read_text()))
-    except (KeyError, TypeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{file} is not a valid DPT config ({type(err).__name__}: {err})") from err
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file} is not a valid DPT config ({type(err).__name__}: {err})") \
+            from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} is not a valid DPT config: expected a JSON object with "
+                         f"block, condition, adapter and lora, got a {type(data).__name__}")
+    try:
+        config = DPTConfig.from_dict(data)
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise ValueError(f"{file} is not a valid DPT config ({type(err).__name__}: "
+                         f"{_one_line(err)})") from None
+    if config.adapter is not None:
+        check_tensor_file(Path(folder) / HEADS_FILE, "the adapter's weights (config 'adapter')")
+    if config.lora is not None:
+        check_tensor_file(Path(folder) / LORA_FILE, "the LoRA weights (config 'lora')")
+    return config
+
+
+def check_tensor_file(file: Path, what: str) -> None:
+    """ValueError naming `file` unless it is a whole safetensors file (header and length)."""
+    if not file.is_file():
+        raise ValueError(f"{file} is missing; the DPT folder's {CONFIG_FILE} says it holds "
+                         f"{what}")
+    try:
+        with safe_open(file, framework="pt"):
+            pass
+    except (SafetensorError, OSError) as err:
+        raise ValueError(_unreadable(file, err)) from None
+
+
+def read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; ValueError naming the file when it is missing or broken."""
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(_unreadable(file, err)) from None
+
+
+def _unreadable(file: Path, err: BaseException) -> str:
+    return (f"cannot read {file} ({_one_line(err)}); expected a whole safetensors file: copy "
+            "the DPT folder again, or write it again")
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def load_dpt(folder: Path, unet: nn.Module | None = None, lora_only_ok: bool = False
@@ -86,17 +137,24 @@ def load_dpt(folder: Path, unet: nn.Module | None = None, lora_only_ok: bool = F
                          f"--dpt`), but has no adapter of this project's to evaluate or tune")
     if config.adapter is not None:
         heads = DPTHeads(config.adapter)
-        try:
-            heads.load_state_dict(load_file(folder / HEADS_FILE))
-        except (RuntimeError, FileNotFoundError, OSError) as err:
-            raise ValueError(f"cannot load {folder / HEADS_FILE}: "
-                             f"{str(err).splitlines()[0]}") from err
+        _load_state(heads, folder / HEADS_FILE)
         heads.eval()
     if config.lora is not None and unet is not None:
         add_lora(unet, config.lora)
-        LoraWeights(unet).load_state_dict(load_file(folder / LORA_FILE))
+        _load_state(LoraWeights(unet), folder / LORA_FILE)
         unet.requires_grad_(False)
     return heads, config
+
+
+def _load_state(module: nn.Module, file: Path) -> None:
+    """Load `file` into `module`; ValueError naming the file when it is broken or misfits."""
+    state = read_tensors(file)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:  # missing, unexpected or misshapen keys, one a line
+        details = " ".join(line.strip() for line in str(err).splitlines())
+        clipped = details if len(details) <= 300 else details[:300] + " ..."
+        raise ValueError(f"cannot load {file}: {clipped}") from None
 
 
 def default_dpt_path() -> Path:
@@ -130,11 +188,13 @@ def load_for_sampling(folder: Path, unet: nn.Module, fuse: bool = True
         heads, config = load_dpt(folder, unet, lora_only_ok=True)
     except KeyError as err:
         raise ValueError(f"DPT folder {folder}: {err.args[0]}") from None
-    if heads is None and (Path(folder) / OFFICIAL_ADAPTER_FILE).is_file():
+    official = Path(folder) / OFFICIAL_ADAPTER_FILE
+    if heads is None and official.is_file():
+        state = read_tensors(official)
         try:
-            heads = OfficialHeads.from_state_dict(load_file(Path(folder) / OFFICIAL_ADAPTER_FILE))
+            heads = OfficialHeads.from_state_dict(state)
         except ValueError as err:
-            raise ValueError(f"{Path(folder) / OFFICIAL_ADAPTER_FILE}: {err}") from None
+            raise ValueError(f"{official}: {err}") from None
         if heads.input_proj.in_channels != channels:
             raise ValueError(f"DPT folder {folder} holds the authors' adapter for a block of "
                              f"{heads.input_proj.in_channels} channels; this U-Net's "
@@ -154,7 +214,7 @@ def half_copy(folder: Path, out: Path) -> Path:
     with atomic_folder(Path(out)) as tmp:
         for name in (HEADS_FILE, LORA_FILE):
             if (folder / name).is_file():
-                state = load_file(folder / name)
+                state = read_tensors(folder / name)
                 save_file({k: v.half().contiguous() if v.is_floating_point() else v
                            for k, v in state.items()}, tmp / name)
         (tmp / CONFIG_FILE).write_text((folder / CONFIG_FILE).read_text())

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..model.config import DPTConfig
@@ -26,7 +26,8 @@ from ..model.lora import LoraSettings, target_modules
 from ..model.official_adapter import PREFIXES as ADAPTER_PREFIXES
 from ..model.official_adapter import OfficialHeads
 from .checkpoint import atomic_folder
-from .dpt_folder import CONFIG_FILE, LORA_FILE, OFFICIAL_ADAPTER_FILE, read_dpt_config
+from .dpt_folder import (CONFIG_FILE, LORA_FILE, OFFICIAL_ADAPTER_FILE, read_dpt_config,
+                         read_tensors)
 
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
 # projection name in the legacy processor keys -> module name under the attention block
@@ -53,7 +54,7 @@ def export_diffusers_lora(dpt_folder: Path, out: Path) -> Path:
     if config.lora is None:
         raise ValueError(f"{dpt_folder} is a stage-1 DPT folder: it has no LoRA to export "
                          f"(train one with `dpt tune --init {dpt_folder}`)")
-    state = convert_state_dict_to_diffusers(load_file(Path(dpt_folder) / LORA_FILE))
+    state = convert_state_dict_to_diffusers(read_tensors(Path(dpt_folder) / LORA_FILE))
     metadata = {"r": config.lora.rank, "lora_alpha": config.lora.alpha,
                 "target_modules": target_modules(config.lora.targets),
                 "init_lora_weights": "gaussian"}
@@ -66,17 +67,30 @@ def export_diffusers_lora(dpt_folder: Path, out: Path) -> Path:
 
 
 def read_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """The flat state dict of an authors'-layout `pytorch_model.bin` (tensors only)."""
+    """The flat state dict of an authors'-layout `pytorch_model.bin` (tensors only).
+
+    Raises:
+        ValueError: naming the file when it is missing, empty, not a checkpoint that
+            `torch.load(weights_only=True)` reads, or not a flat dict of tensors.
+    """
     path = Path(path)
+    expected = "expected the authors' pytorch_model.bin (a PyTorch checkpoint of tensors only)"
+    if not path.exists():
+        raise ValueError(f"{path}: the file does not exist; {expected}")
     if not path.is_file():
-        raise ValueError(f"{path} does not exist; expected the authors' pytorch_model.bin")
+        raise ValueError(f"{path} is not a file; {expected}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty; {expected}")
+    # Unpickling errors have many types (EOFError, IndexError, UnpicklingError ...), and
+    # torch's message advises weights_only=False, which would run any code the file holds:
+    # ours says what the file should be instead.
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors have many types
-        raise ValueError(f"cannot read {path} with torch.load(weights_only=True): "
-                         f"{str(err).splitlines()[0]}") from None
+    except Exception:
+        raise ValueError(f"cannot read {path} with torch.load(weights_only=True); "
+                         f"{expected}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a flat state dict of tensors")
+        raise ValueError(f"{path} is not a flat state dict of tensors; {expected}")
     return state
 
 
@@ -123,7 +137,8 @@ def official_lora(state: dict[str, torch.Tensor], unet: nn.Module
     return out, ranks.pop()
 
 
-def import_official(checkpoint: Path, unet: nn.Module, out: Path) -> Path:
+def import_official(checkpoint: Path, unet: nn.Module, out: Path,
+                    state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write an authors'-layout checkpoint as a DPT folder at `out` (atomically).
 
     The LoRA becomes `lora.safetensors` (PEFT keys); the adapter's weights are kept verbatim
@@ -131,16 +146,21 @@ def import_official(checkpoint: Path, unet: nn.Module, out: Path) -> Path:
     only), which is checked to load them here. `dpt generate --dpt out` then samples with the
     LoRA fused and self-corrects with their score (their U-Net conditioning: the prompt).
     The folder has no adapter of this project's kind, so it cannot be tuned further.
+
+    Args:
+        state: the checkpoint's tensors when already read (`read_official_checkpoint`).
+
+    Raises:
+        ValueError: naming the checkpoint, and what in it does not fit this U-Net.
     """
-    state = read_official_checkpoint(checkpoint)
-    lora, rank = official_lora(state, unet)
-    adapter = {k: v.contiguous() for k, v in state.items() if not LEGACY_KEY.match(k)}
-    if adapter:
-        heads = OfficialHeads.from_state_dict(adapter)  # a ValueError naming misfit keys
-        channels = block_channels(unet, "up1")
-        if heads.input_proj.in_channels != channels:
-            raise ValueError(f"the adapter reads {heads.input_proj.in_channels} channels; this "
-                             f"U-Net's up1 block has {channels}: it belongs to another model")
+    state = read_official_checkpoint(checkpoint) if state is None else state
+    try:
+        lora, rank = official_lora(state, unet)
+        adapter = {k: v.contiguous() for k, v in state.items() if not LEGACY_KEY.match(k)}
+        if adapter:
+            _check_adapter(adapter, unet)
+    except ValueError as err:  # the misfit, prefixed with the file it is about
+        raise ValueError(f"{checkpoint}: {err}") from None
     # LoRAAttnProcessor adds up(down(x)) at scale 1, i.e. alpha = rank
     config = DPTConfig(block="up1", condition="caption", adapter=None,
                        lora=LoraSettings(rank=rank, alpha=float(rank), targets="all"))
@@ -153,3 +173,12 @@ def import_official(checkpoint: Path, unet: nn.Module, out: Path) -> Path:
             "official_adapter_tensors": len(adapter)}}
         (tmp / CONFIG_FILE).write_text(json.dumps(data, indent=1))
     return Path(out)
+
+
+def _check_adapter(adapter: dict[str, torch.Tensor], unet: nn.Module) -> None:
+    """ValueError unless the authors' adapter loads and reads this U-Net's up1 block."""
+    heads = OfficialHeads.from_state_dict(adapter)  # a ValueError naming misfit keys
+    channels = block_channels(unet, "up1")
+    if heads.input_proj.in_channels != channels:
+        raise ValueError(f"the adapter reads {heads.input_proj.in_channels} channels; this "
+                         f"U-Net's up1 block has {channels}: it belongs to another model")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..prompt_text import quote
 from .world import COLOURS, MAX_OBJECTS, RELATIONS, SHAPES, SIZES, ShapeObject, holds, place
 
 FAMILIES = ("object", "pair", "spatial", "counting", "mixed")
@@ -117,14 +118,18 @@ def scene_for(prompt: Prompt, rng: np.random.Generator) -> list[ShapeObject]:
 # ----------------------------------------------------------------------------- parsing
 
 def parse_prompt(text: str) -> Prompt:
-    """Read a prompt of the Shapes grammar; raises PromptError naming the offending word."""
-    words = text.strip().split()
+    """Read a prompt of the Shapes grammar; raises PromptError naming the offending word.
+
+    Words are read in lower case, as the models' CLIP tokenizer reads them ("A red circle" is
+    the prompt "a red circle").
+    """
+    words = text.lower().split()
     if not words:
         raise PromptError("empty prompt; expected e.g. 'a red circle to the left of a blue square'")
     vocab = set(vocabulary())
     for w in words:
         if w not in vocab:
-            raise PromptError(f"word {w!r} is not in the Shapes vocabulary; known words: "
+            raise PromptError(f"word {quote(w)} is not in the Shapes vocabulary; known words: "
                               f"{' '.join(vocabulary())}")
     first, pos = _parse_phrase(words, 0)
     if pos == len(words):
@@ -132,17 +137,17 @@ def parse_prompt(text: str) -> Prompt:
     link, pos = _parse_link(words, pos)
     second, pos = _parse_phrase(words, pos)
     if pos != len(words):
-        raise PromptError(f"unexpected {' '.join(words[pos:])!r} after the second object")
+        raise PromptError(f"unexpected {quote(' '.join(words[pos:]))} after the second object")
     prompt = Prompt(first, link, second)
     if sum(p.count for p in prompt.phrases) > MAX_OBJECTS:
-        raise PromptError(f"{text!r} names more than {MAX_OBJECTS} objects")
+        raise PromptError(f"{quote(prompt.text)} names more than {MAX_OBJECTS} objects")
     return prompt
 
 
 def _parse_phrase(words: list[str], pos: int) -> tuple[Phrase, int]:
     def expect(what: str, options) -> str:
         if pos + 0 >= len(words) or words[pos] not in options:
-            got = repr(words[pos]) if pos < len(words) else "the end of the prompt"
+            got = quote(words[pos]) if pos < len(words) else "the end of the prompt"
             raise PromptError(f"expected {what} at word {pos + 1}, got {got}")
         return words[pos]
 
@@ -165,7 +170,7 @@ def _parse_link(words: list[str], pos: int) -> tuple[str, int]:
         if " ".join(words[pos:pos + n]) == link:
             return link, pos + n
     raise PromptError(f"expected 'and' or a relation ({', '.join(RELATIONS)}) at word {pos + 1}, "
-                      f"got {words[pos]!r}")
+                      f"got {quote(words[pos])}")
 
 
 # ---------------------------------------------------------------------------- sampling
