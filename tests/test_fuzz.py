@@ -359,25 +359,11 @@ def test_command_lines_end_in_status_0_or_2_never_a_traceback(name, sandbox, dat
     _check(argv, before, _snapshot(sandbox["watched"]), work, result)
 
 
-def _out_below_a_file(argv: list[str]) -> bool:
-    """import-official's --out lies below a file (the last --out given wins)."""
-    outs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"]
-    return argv[0] == "import-official" and bool(outs) and \
-        any(p.is_file() for p in Path(outs[-1]).parents)
-
-
-def _import_below_a_file(sandbox: dict, work: Path) -> list[str]:
-    return ["import-official", sandbox["inputs"]["official.bin"], "--out",
-            str(work / "a-file" / "below")]
-
-
 # tracebacks the fuzz found in other engineers' files (issue 17), reported to them:
 # {what: (whether a command line hits it, an example command line)}; test_open_findings
-# fails (strict xfail) once one is fixed: then delete its entry
-OPEN_FINDINGS = {
-    "import-official --out below a file: FileExistsError from io/checkpoint.atomic_folder "
-    "(the command checks only that --out does not exist)":
-        (_out_below_a_file, _import_below_a_file)}
+# fails (strict xfail) once one is fixed: then delete its entry. (Fixed: import-official
+# --out below a file, now tests/test_interchange.py::test_cli_errors_name_the_problem.)
+OPEN_FINDINGS: dict = {}
 
 
 @pytest.mark.parametrize("finding", [pytest.param(

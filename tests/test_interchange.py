@@ -208,6 +208,12 @@ def test_cli_errors_name_the_problem(tiny_model, tiny_dpt, tmp_path, capsys):
     assert main(["import-official", str(tmp_path / "none.bin"), "--model", str(tiny_model),
                  "--out", str(tmp_path / "lora")]) == 2
     assert "lora exists" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("x")
+    assert main(["import-official", str(tmp_path / "none.bin"), "--model", str(tiny_model),
+                 "--out", str(tmp_path / "a-file" / "below")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and \
+        f"--out {tmp_path / 'a-file' / 'below'} lies below {tmp_path / 'a-file'}, a file" in err
 
 
 def test_imported_adapter_of_another_model_is_refused(tiny_model, tmp_path, capsys):

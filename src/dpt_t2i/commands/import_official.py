@@ -31,11 +31,17 @@ def run(args: argparse.Namespace) -> int:
     model = model_folder(args.model)
     if args.out.exists():
         raise ValueError(f"{args.out} exists; choose a new folder for the imported DPT weights")
+    above = next(p for p in args.out.parents if p.exists())  # "." or "/" at the latest
+    if not above.is_dir():
+        raise ValueError(f"--out {args.out} lies below {above}, a file; choose a new folder")
     state = read_official_checkpoint(args.checkpoint)  # a bad file is named before the U-Net loads
     quiet_loading()
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", local_files_only=True)
-    import_official(args.checkpoint, unet, args.out, state)  # its errors name the checkpoint
+    try:
+        import_official(args.checkpoint, unet, args.out, state)  # its errors name the checkpoint
+    except OSError as err:  # the folder's write (atomic: nothing is left behind)
+        raise ValueError(f"cannot write {args.out} ({err.strerror or err})") from None
     print(f"wrote {args.out}: sample with `dpt generate --model {model} --dpt {args.out}`")
     return 0
