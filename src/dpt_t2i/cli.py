@@ -2,7 +2,8 @@
 
 The library raises ValueError, with a message naming the file, key or value and what is
 expected, for input it cannot use; here, and only here, that becomes one line on stderr and
-exit status 2.
+exit status 2. So does an OSError (a path the user gave that the file system refuses: a file
+where a folder must go, no permission, a full disk): no traceback for either.
 """
 
 from __future__ import annotations
@@ -47,12 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except ValueError as err:
-        print(f"dpt {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:
+        print(f"dpt {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dpt {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(err: BaseException) -> str:
+    """The message with line breaks written as escapes, so a value that holds one (a prompt,
+    a path) cannot spread the error over several lines."""
+    return str(err).replace("\r", "\\r").replace("\n", "\\n")
 
 
 if __name__ == "__main__":
