@@ -91,19 +91,20 @@ def test_a_second_report_reads_the_cache(report, capsys):
 def test_a_cached_folder_made_otherwise_is_not_reused(report):
     from dataclasses import replace
 
-    from dpt_t2i.eval.report import ReportSettings, Work, _matches_plan
+    from dpt_t2i.eval.report import ReportSettings, Work
     from dpt_t2i.generation.methods import SamplerSettings, choose_method
+    from dpt_t2i.io.folder_writer import holds_run
 
     root, _ = report
     work = Work(root / "work", ReportSettings(per_family=1, num_images=1))
     folder = root / "work" / "gen" / "base-ood"
     base = choose_method(work.model, base=True)
     run = work.folder_run("ood", base, folder)
-    assert _matches_plan(folder, run.plan())
-    assert not _matches_plan(folder, replace(run, sampler=SamplerSettings(guidance=5)).plan())
-    assert not _matches_plan(folder, work.folder_run("ood", base, folder, num_images=2).plan())
+    assert holds_run(folder, run.plan())
+    assert not holds_run(folder, replace(run, sampler=SamplerSettings(guidance=5)).plan())
+    assert not holds_run(folder, work.folder_run("ood", base, folder, num_images=2).plan())
     other = Work(root / "work", ReportSettings(per_family=1, num_images=1, seed=7))
-    assert not _matches_plan(folder, other.folder_run("ood", base, folder).plan())
+    assert not holds_run(folder, other.folder_run("ood", base, folder).plan())
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -27,7 +27,8 @@ from ..generation.methods import (FolderRun, MethodSpec, SamplerSettings, choose
                                   generate_folder)
 from ..io.bundle import check_model_folder, default_model_path
 from ..io.dpt_folder import CONFIG_FILE, HEADS_FILE, LORA_FILE, read_dpt_config
-from ..io.image_folder import INDEX, read_index
+from ..io.folder_writer import holds_run
+from ..io.image_folder import INDEX
 from .alignment import judge_folders, summarize
 from .disc_run import DiscSettings, run_discriminative
 from .quality import quality_by_split
@@ -110,7 +111,7 @@ class Work:
     def generated(self, name: str, split: str, spec: MethodSpec) -> Path:
         """The image folder of a method on a split, generated unless a matching one exists."""
         run = self.folder_run(split, spec, self.folder / "gen" / f"{name}-{split}")
-        if not _matches_plan(run.out, run.plan()):
+        if not holds_run(run.out, run.plan()):
             print(f"report: generating {name} on {split}", flush=True)
             generate_folder(run)
         return run.out
@@ -177,17 +178,6 @@ def curve_steps(run_dir: Path) -> list[int]:
         raise ValueError(f"--curve {run_dir} has no step-* checkpoints; train it with "
                          "`dpt tune ... --checkpoint-every K --keep-checkpoints 0`")
     return steps
-
-
-def _matches_plan(folder: Path, planned: list[dict]) -> bool:
-    """Whether folder's index holds exactly the records planned, and their images."""
-    if not (folder / INDEX).is_file():
-        return False
-    found = read_index(folder)
-    if len(found) != len(planned):
-        return False
-    return all(all(f.get(k) == v for k, v in p.items()) for p, f in zip(planned, found)) and \
-        all((folder / f["file"]).is_file() for f in found)
 
 
 # ---------------------------------------------------------------------------------------

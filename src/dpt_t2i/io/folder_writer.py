@@ -179,8 +179,10 @@ def _as_read(records: list[dict]) -> list[dict]:
     return json.loads(json.dumps(records))
 
 
-def _holds(out: Path, planned: list[dict]) -> bool:
-    """Whether `out`'s index holds the records planned (and the images it names)."""
+def holds_run(out: Path, planned: list[dict]) -> bool:
+    """Whether `out`'s index holds the records planned (and the images it names): a finished
+    run of that plan (`dpt report` reuses such a folder; `--resume` has nothing to do)."""
+    planned = _as_read(planned)
     try:
         found = read_index(out) if (out / INDEX).is_file() else None
     except (OSError, ValueError):
@@ -225,7 +227,7 @@ class FolderWriter:
             self.adopted, self.overwrite = partial, partial.overwrite
             if partial.batch_size is None:
                 return  # its publication had begun: some of its images are in `out` already
-        elif resume and _holds(self.out, planned):
+        elif resume and holds_run(self.out, planned):
             self.complete = True
             return
         elif partial is not None and not self.overwrite:
