@@ -38,8 +38,9 @@ from dpt_t2i.cli import build_parser, main
 from dpt_t2i.io.bundle import default_model_path
 
 COMMANDS = ("generate", "referee", "evaluate", "evaluate-disc", "probe", "tune",
-            "import-official")
-# per command: 560 command lines in all, in about 30 s; DPT_FUZZ_EXAMPLES=2000 for a long hunt
+            "import-official", "score")
+# per command: 640 command lines in all (8 commands), in about 30 s;
+# DPT_FUZZ_EXAMPLES=2000 for a long hunt
 EXAMPLES = int(os.environ.get("DPT_FUZZ_EXAMPLES", "80"))
 OUTPUTS = {"out", "run_dir", "verdicts", "geneval_out"}  # flags that name what a run writes
 PROMPTS = ["a red circle", "two blue squares", "a green triangle to the left of a red circle",
@@ -73,6 +74,7 @@ def sandbox(tmp_path_factory, tiny_model, tiny_dpt, judged_folders) -> dict:
         for target in ("dpt_t2i.generation.methods.load_bundle",
                        "dpt_t2i.generation.referee_folder.load_bundle",
                        "dpt_t2i.eval.disc_run.load_bundle", "dpt_t2i.commands.train.load_bundle",
+                       "dpt_t2i.eval.image_scores.load_bundle",
                        "dpt_t2i.commands.evaluate.load_clip"):
             mp.setattr(target, _refuse_loading)
         # import-official reads the checkpoint against the U-Net: a copy of the tiny one
@@ -197,7 +199,8 @@ def _valid_paths(sandbox: dict, work: Path) -> dict[str, list[str]]:
             "model": [str(sandbox["model"])], "dpt": [str(sandbox["dpt"])],
             "init": [str(sandbox["dpt"])], "prompts_file": [inputs["prompts.txt"]],
             "folders": [inputs["small"], inputs["broken"]],
-            "checkpoint": [inputs["official.bin"]]}
+            "checkpoint": [inputs["official.bin"]],
+            "images": sorted(str(p) for p in Path(inputs["small"]).glob("*.png"))[:2]}
 
 
 RUNS = ("small", "broken", "junk-index")  # input folders that hold a run
@@ -207,7 +210,8 @@ NEAR_MISSES = {
     "prompts_file": ["odd-prompts.txt", "random.bin", "empty.bin", "empty-dir"],
     "checkpoint": ["random.bin", "empty.bin", "list.bin", "official-truncated.bin",
                    "empty-dir"],
-    "folders": ["broken", "junk-index", "empty-dir", "random.bin", "small"]}
+    "folders": ["broken", "junk-index", "empty-dir", "random.bin", "small"],
+    "images": ["random.bin", "empty.bin", "empty-dir", "small"]}
 NEAR_MISSES.update(init=NEAR_MISSES["dpt"], model=NEAR_MISSES["dpt"],
                    benchmark_file=NEAR_MISSES["prompts_file"])
 
@@ -262,7 +266,8 @@ def _values(action: argparse.Action, sandbox: dict, work: Path, valid_odds: int 
 # the flags (or positionals, by dest) of a command line that its checks accept
 BASE = {"generate": ["--prompt", "--out"], "referee": ["--prompt", "--out"],
         "evaluate": ["folders"], "evaluate-disc": [], "probe": ["--run-dir"],
-        "tune": ["--run-dir", "--init"], "import-official": ["checkpoint", "--out"]}
+        "tune": ["--run-dir", "--init"], "import-official": ["checkpoint", "--out"],
+        "score": ["images", "--prompt"]}
 
 
 @st.composite

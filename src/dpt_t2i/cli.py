@@ -13,7 +13,7 @@ import sys
 from importlib import metadata
 
 from .commands import (evaluate, evaluate_disc, export_lora, generate, import_official, prompts,
-                       referee, report, serve, sweep_blocks, train, world)
+                       referee, report, score, serve, sweep_blocks, train, world)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.register(sub)
     train.register(sub)
     evaluate_disc.register(sub)
+    score.register(sub)
     sweep_blocks.register(sub)
     prompts.register(sub)
     world.register(sub)
