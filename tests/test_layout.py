@@ -92,3 +92,25 @@ def test_files_and_functions_stay_small():
 
 def test_the_screenshot_tool_is_not_in_the_package():
     assert not any(p.name == "demo_screenshot.py" for p in PACKAGE.rglob("*.py"))
+
+
+# what each wing may import besides itself: data flows down (model < io, data < generation,
+# training < eval < app < commands); io and data read each other's files (the Shapes
+# vocabulary, the GenEval layout) but neither reads a wing above them
+BELOW = {"model": set(), "io": {"model", "data"}, "data": {"model", "io"},
+         "generation": {"model", "io", "data"}, "training": {"model", "io", "data"},
+         "eval": {"model", "io", "data", "generation", "training"},
+         "app": {"model", "io", "data", "generation", "eval"}}
+
+
+def test_each_wing_imports_only_the_wings_below_it():
+    upward = []
+    for path in _files():
+        parts = _module(path).split(".")
+        if len(parts) < 3 or parts[1] not in BELOW:
+            continue
+        wing = parts[1]
+        upward += [f"{_module(path)} -> {m}" for m in _imports(path)
+                   if m.count(".") >= 1 and m.split(".")[1] not in BELOW[wing] | {wing}
+                   and m.split(".")[1] != "__init__"]
+    assert upward == []

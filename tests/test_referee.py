@@ -116,7 +116,7 @@ def test_shipped_referees_prefer_the_matching_render_and_give_gradients(kind):
     if kind == "clip":
         from transformers import CLIPModel, CLIPTokenizer
 
-        from dpt_t2i.eval.quality import CLIP_FOLDER
+        from dpt_t2i.io.clip import CLIP_FOLDER
 
         scorer = clip_scorer(CLIPModel.from_pretrained(CLIP_FOLDER).eval(),
                              CLIPTokenizer.from_pretrained(CLIP_FOLDER))

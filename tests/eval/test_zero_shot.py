@@ -28,7 +28,7 @@ def test_clip_scores_are_cosines_of_the_shapes_clip():
     from transformers import CLIPModel, CLIPTokenizer
 
     from dpt_t2i.data.samples import images_to_tensor
-    from dpt_t2i.eval.quality import CLIP_FOLDER
+    from dpt_t2i.io.clip import CLIP_FOLDER
     from dpt_t2i.model.text import tokenize
 
     model = CLIPModel.from_pretrained(CLIP_FOLDER)

@@ -22,7 +22,8 @@ from pathlib import Path
 from ..eval.alignment import (FolderJudgement, format_folder_tables, judge_images, load_rgb,
                               read_folders, summarize)
 from ..eval.metrics import MetricModels, image_metrics, load_metric_models
-from ..eval.quality import load_clip, quality_by_split
+from ..eval.quality import quality_by_split
+from ..io.clip import load_clip
 from ..io.image_folder import INDEX
 from .model_args import add_threads_argument, set_threads
 

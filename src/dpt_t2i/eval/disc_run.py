@@ -16,10 +16,10 @@ from ..data.coco import read_coco_captions
 from ..data.real import RecEvalSet
 from ..data.refcoco import read_refcoco
 from ..io.bundle import load_bundle
+from ..io.clip import CLIP_FOLDER, load_clip_and_tokenizer
 from ..io.dpt_folder import load_dpt
 from .discriminative import (DiscriminativeScorer, RECItem, coco_itm_items, evaluate_itm,
                              evaluate_rec, shapes_itm_item, shapes_rec_items)
-from .quality import CLIP_FOLDER, load_clip_and_tokenizer
 from .zero_shot import DEFAULT_TIMESTEPS, CLIPScorer, DiffusionITMScorer
 
 METHODS = ("dpt", "clip", "diffusion-itm")

@@ -19,24 +19,9 @@ from scipy import linalg
 from ..data.samples import images_to_tensor
 from ..data.shapes.grammar import parse_prompt, scene_for
 from ..data.shapes.world import render
+from ..io.clip import load_clip
 
-CLIP_FOLDER = Path(__file__).resolve().parents[1] / "weights" / "shapes-clip"
 BATCH = 256
-
-
-def load_clip(clip_folder: Path = CLIP_FOLDER):
-    """The Shapes CLIP (text and image towers), in eval mode."""
-    from transformers import CLIPModel
-
-    return CLIPModel.from_pretrained(clip_folder, local_files_only=True).eval()
-
-
-def load_clip_and_tokenizer(clip_folder: Path = CLIP_FOLDER):
-    """(model, tokenizer) of a transformers CLIP folder (the Shapes CLIP by default)."""
-    from transformers import CLIPTokenizer
-
-    return load_clip(clip_folder), CLIPTokenizer.from_pretrained(clip_folder,
-                                                                   local_files_only=True)
 
 
 @torch.no_grad()

@@ -19,23 +19,12 @@ import torch
 from torch import Tensor
 
 from ..data.samples import images_to_tensor
+from ..io.clip import clip_image_embeds, clip_text_embeds
 from ..model.latents import Noiser, encode_latents
-from ..model.text import encode_texts, tokenize
+from ..model.text import encode_texts
 
 CHUNK = 128  # latents per U-Net call
 DEFAULT_TIMESTEPS = tuple(range(50, 1000, 100))  # 10 levels, 50 .. 950
-
-
-def clip_image_embeds(model, pixels: Tensor) -> Tensor:
-    """(N, D) unit image embeddings of pixels (N, 3, H, W) in [-1, 1]; keeps the graph."""
-    feats = model.get_image_features(pixel_values=pixels)
-    return torch.nn.functional.normalize(getattr(feats, "pooler_output", feats).float(), dim=-1)
-
-
-def clip_text_embeds(model, tokenizer, texts: list[str]) -> Tensor:
-    """(N, D) unit text embeddings."""
-    feats = model.get_text_features(input_ids=tokenize(tokenizer, texts).input_ids)
-    return torch.nn.functional.normalize(getattr(feats, "pooler_output", feats).float(), dim=-1)
 
 
 class CLIPScorer:

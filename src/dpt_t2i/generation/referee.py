@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..eval.zero_shot import clip_image_embeds, clip_text_embeds
+from ..io.clip import clip_image_embeds, clip_text_embeds
 from ..model.latents import Noiser, decode_latents, encode_latents
 from ..model.score import MatchScore, MatchTexts
 from .sampling import encode_prompts, image_generators, initial_latents, make_scheduler, sample

@@ -14,8 +14,8 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from ..eval.quality import load_clip_and_tokenizer
 from ..io.bundle import ModelBundle, load_bundle, read_vocabulary
+from ..io.clip import load_clip_and_tokenizer
 from ..io.dpt_folder import load_for_sampling
 from ..io.folder_writer import RESUME_OR_OVERWRITE, open_folder
 from ..io.image_folder import numbered_records, write_png
