@@ -31,8 +31,7 @@ from ..data.benchmarks import check_geneval_out, write_geneval_layout
 from ..generation.guidance import MODES
 from ..generation.methods import (FolderRun, MethodSpec, SamplerSettings, check_self_correction,
                                   choose_method, generate_folder)
-from ..generation.sampling import SCHEDULERS, check_seeds, check_steps
-from ..io.bundle import read_scheduler_config
+from ..generation.sampling import SCHEDULERS
 from ..io.folder_writer import output_lock
 from ..io.image_folder import INDEX
 from .model_args import add_threads_argument, model_folder, quiet_loading, set_threads
@@ -107,9 +106,6 @@ def run(args: argparse.Namespace) -> int:
     _check_flags(args)
     prompts, benchmark = read_prompt_set(args)
     model = model_folder(args.model)
-    # before the model loads: diffusers and torch would refuse these only after it has
-    check_steps(args.steps, read_scheduler_config(model))
-    check_seeds(args.seed, len(prompts) * args.num_images)
     words = None if args.subject_words is None else \
         tuple(w.strip() for w in args.subject_words.split(",") if w.strip())
     spec = choose_method(model, base=args.base, dpt=args.dpt, eta=args.self_correct,

@@ -22,8 +22,6 @@ from pathlib import Path
 from ..generation.methods import referee_preset
 from ..generation.referee import INITS, SHAPES_SETTINGS, RefereeSettings
 from ..generation.referee_folder import REFEREES, RefereeRun, referee_folder
-from ..generation.sampling import check_seeds, check_steps
-from ..io.bundle import read_scheduler_config
 from ..io.image_folder import INDEX
 from .model_args import add_threads_argument, model_folder, quiet_loading, set_threads
 from .prompt_input import add_prompt_arguments, read_prompts
@@ -76,9 +74,6 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     model = model_folder(args.model)
     settings = _settings(args, model)
-    if settings.init == "sample":  # before the model loads, as `dpt generate` checks --steps
-        check_steps(settings.init_steps, read_scheduler_config(model), "--init-steps")
-    check_seeds(args.seed, len(prompts) * args.num_images)
     job = RefereeRun(model, prompts, args.out, settings, args.referee, args.dpt,
                      args.num_images, args.seed, args.batch_size, args.overwrite, args.resume)
     records = referee_folder(job, before_load=lambda out: quiet_loading())

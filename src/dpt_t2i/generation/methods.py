@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from ..data.prompt_text import quote
 from ..data.shapes.grammar import PromptError, parse_prompt
 from ..data.shapes.world import SHAPES
-from ..io.bundle import ModelBundle, default_model_path, load_bundle, read_vocabulary
+from ..io.bundle import (ModelBundle, default_model_path, load_bundle, read_scheduler_config,
+                         read_vocabulary)
 from ..io.dpt_folder import default_dpt_path, load_for_sampling, read_dpt_config
 from ..io.folder_writer import RESUME_OR_OVERWRITE, open_folder
 from ..io.image_folder import numbered_records, write_png
@@ -38,8 +39,8 @@ from ..model.score import MatchScore
 from .attend_excite import build_pipeline, sample_attend_excite, subject_words, token_indices
 from .guidance import DEFAULT_T_RANGE, MODES, SelfCorrection
 from .referee import SHAPES_SETTINGS, RefereeSettings
-from .sampling import (SCHEDULERS, decode, encode_prompts, image_generators, initial_latents,
-                       make_scheduler, sample, unet_model_fn)
+from .sampling import (SCHEDULERS, check_seeds, check_steps, decode, encode_prompts,
+                       image_generators, initial_latents, make_scheduler, sample, unet_model_fn)
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
@@ -302,8 +303,7 @@ class FolderRun:
         if self.num_images <= 0:
             raise ValueError(f"--num-images must be a positive whole number, "
                              f"got {self.num_images}")
-        if self.seed < 0:
-            raise ValueError(f"--seed must be 0 or more, got {self.seed}")
+        check_seeds(self.seed, len(self.prompts) * self.num_images)
 
     def plan(self) -> list[dict]:
         return plan_images(self.prompts, self.spec, self.sampler, self.model, self.num_images,
@@ -323,6 +323,9 @@ def generate_folder(run: FolderRun, bundle: ModelBundle | None = None,
         run: what to make and where.
         bundle: the model already loaded from run.model (default: loaded here).
     """
+    # before the model loads: diffusers would refuse too many steps only after it has
+    check_steps(run.sampler.steps, read_scheduler_config(run.model) if bundle is None
+                else bundle.scheduler_config)
     vocabulary = read_vocabulary(run.model) if bundle is None else bundle.vocabulary
     if vocabulary is not None:
         check_vocabulary(run.prompts, vocabulary, run.model)

@@ -14,14 +14,14 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from ..io.bundle import ModelBundle, load_bundle, read_vocabulary
+from ..io.bundle import ModelBundle, load_bundle, read_scheduler_config, read_vocabulary
 from ..io.clip import load_clip_and_tokenizer
 from ..io.dpt_folder import load_for_sampling
 from ..io.folder_writer import RESUME_OR_OVERWRITE, open_folder
 from ..io.image_folder import numbered_records, write_png
 from .methods import FolderRun, SamplerSettings, check_vocabulary, shipped_dpt
 from .referee import RefereeSettings, Scorer, clip_scorer, dpt_scorer, generate
-from .sampling import decode
+from .sampling import check_seeds, check_steps, decode
 
 REFEREES = ("dpt", "clip")
 
@@ -55,6 +55,7 @@ class RefereeRun:
                              f"{', '.join(REFEREES)}")
         if self.referee == "clip" and self.dpt is not None:
             raise ValueError("--referee clip reads no DPT folder; drop --dpt")
+        check_seeds(self.seed, len(self.prompts) * self.num_images)
 
     def plan(self) -> list[dict]:
         """One index record per image, in run order."""
@@ -92,6 +93,8 @@ def referee_folder(run: RefereeRun, before_load: Callable[[Path], None] | None =
         before_load: called with the resolved output folder once every input is checked,
             before the model loads.
     """
+    if run.settings.init == "sample":  # the start's sampler, checked before the model loads
+        check_steps(run.settings.init_steps, read_scheduler_config(run.model), "--init-steps")
     vocabulary = read_vocabulary(run.model)
     if vocabulary is not None:
         check_vocabulary(run.prompts, vocabulary, run.model)
