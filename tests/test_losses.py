@@ -73,6 +73,56 @@ def test_matching_rejects_mismatched_batch():
         MatchingLoss()(torch.randn(3, 2, 8), torch.randn(2, 8))
 
 
+def _candidate_reference(scores, texts, n_batch, scale):
+    """The per-candidate loss written out pair by pair (one-hot targets: distinct texts)."""
+    batch, cols = scores.shape
+    first = cols - n_batch - 1
+    loss_i = sum(-F.log_softmax(scale * scores[b], 0)[0] for b in range(batch)) / batch
+    if n_batch == 0:
+        return loss_i
+    loss_t = 0.0
+    for j in range(batch):  # caption j: image j, then image j+r that met it in column first+r
+        row = torch.stack([scores[j, 0]] + [scores[(j + r) % batch, first + r]
+                                            for r in range(1, n_batch + 1)])
+        loss_t = loss_t - F.log_softmax(scale * row, 0)[0]
+    return (loss_i + loss_t / batch) / 2
+
+
+@pytest.mark.parametrize("n_batch", [0, 1, 2])
+def test_candidate_loss_matches_the_pairwise_definition(n_batch):
+    torch.manual_seed(0)
+    batch, k = 4, 2
+    captions = torch.randn(batch, 8)
+    texts = torch.cat([captions[:, None], torch.randn(batch, k, 8),
+                       *[captions.roll(r, 0)[:, None] for r in range(1, n_batch + 1)]], 1)
+    scores = torch.rand(batch, 1 + k + n_batch) * 2 - 1
+    loss = MatchingLoss()
+    expected = _candidate_reference(scores, texts, n_batch, loss.scale().item())
+    assert loss.candidates(scores, texts, n_batch).item() == pytest.approx(expected.item(),
+                                                                           rel=1e-5)
+
+
+def test_candidate_loss_is_low_when_each_caption_wins_and_counts_repeats_as_positives():
+    batch, k = 3, 2
+    captions = torch.eye(batch, 8)
+    texts = torch.cat([captions[:, None], torch.randn(batch, k, 8),
+                       captions.roll(1, 0)[:, None]], 1)
+    right = torch.full((batch, 1 + k + 1), -1.0)
+    right[:, 0] = 1.0
+    loss = MatchingLoss()
+    assert loss.candidates(right, texts, 1) < 1e-3
+    assert loss.candidates(-right, texts, 1) > 10
+    # every image has one caption: its rolled column is a positive too, so the caption and
+    # it share the target in both directions and scoring them equally costs log 2
+    same = torch.ones(batch, 8)
+    same_texts = torch.cat([same[:, None], torch.randn(batch, k, 8), same[:, None]], 1)
+    flat = torch.zeros(batch, 1 + k + 1)
+    flat[:, 1:1 + k] = -1.0
+    assert loss.candidates(flat, same_texts, 1).item() == pytest.approx(math.log(2), abs=1e-4)
+    with pytest.raises(ValueError, match="n_batch"):
+        loss.candidates(flat, same_texts, 4)
+
+
 # --- grounding -------------------------------------------------------------------------
 
 def _outputs(boxes, logits=None, semantics=None):

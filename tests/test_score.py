@@ -139,7 +139,7 @@ def test_training_and_sampling_see_the_same_states_on_a_masked_encoder(tiny_mode
     assert torch.equal(latents, encode_latents(bundle.vae, pixels))
 
 
-@pytest.mark.parametrize("condition", ["empty", "caption"])
+@pytest.mark.parametrize("condition", ["empty", "caption", "each"])
 def test_the_score_of_images_is_the_score_of_their_encoded_noised_latents(bundle, heads,
                                                                           condition):
     config = _config(condition)
@@ -164,7 +164,7 @@ def test_the_score_of_images_is_the_score_of_their_encoded_noised_latents(bundle
     assert torch.equal(noisy, fresh) and torch.equal(disc.encode(_images(PROMPTS)), noisy)
 
 
-@pytest.mark.parametrize("condition", ["empty", "caption"])
+@pytest.mark.parametrize("condition", ["empty", "caption", "each"])
 def test_self_correction_and_evaluate_disc_give_the_same_score(bundle, heads, condition):
     config = _config(condition)
     disc = DiscriminativeScorer(bundle, heads, config, timestep=300)
@@ -181,7 +181,8 @@ def test_self_correction_and_evaluate_disc_give_the_same_score(bundle, heads, co
     torch.testing.assert_close(torch.diagonal(matrix), pairs, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("condition, rows", [("empty", 2), ("caption", 2 * len(TEXTS))])
+@pytest.mark.parametrize("condition, rows", [("empty", 2), ("caption", 2 * len(TEXTS)),
+                                             ("each", 2 * len(TEXTS))])
 def test_empty_condition_features_are_computed_once_per_image(bundle, heads, condition, rows):
     seen = []
     handle = bundle.unet.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
@@ -191,3 +192,52 @@ def test_empty_condition_features_are_computed_once_per_image(bundle, heads, con
     finally:
         handle.remove()
     assert matrix.shape == (2, len(TEXTS)) and sum(seen) == rows
+
+
+def test_training_under_each_scores_every_candidate_as_the_score_does(bundle, heads,
+                                                                      monkeypatch):
+    """Condition "each": the loss's s(z_b, y) is MatchScore's, read under y itself, for the
+    caption, each hard negative and the rolled in-batch caption of every image."""
+    import dataclasses
+
+    from dpt_t2i.data.sources import ShapesSource, draw_samples
+    from dpt_t2i.training.inputs import frozen_parts, prepare_inputs
+    from dpt_t2i.training.objective import DPTObjective
+    from dpt_t2i.training.settings import TrainSettings
+
+    config = _config("each")
+    samples = [dataclasses.replace(s, image=np.asarray(Image.fromarray(s.image).resize((16, 16))))
+               for s in draw_samples(ShapesSource(), 0, 3)]  # the tiny VAE's size
+    latents, inputs = prepare_inputs(frozen_parts(bundle, torch.device("cpu")), samples, config,
+                                     need_caption_states=False)
+    generator = torch.Generator().manual_seed(0)
+    t = torch.tensor([100, 300, 600])
+    inputs["noise"] = torch.randn(latents.shape, generator=generator)
+    noisy = Noiser(bundle.scheduler_config).add(latents, t, inputs["noise"])
+    seen = {}
+    real = heads.matching.candidates
+
+    def spy(scores, texts, n_batch):
+        seen.update(scores=scores, n_batch=n_batch)
+        return real(scores, texts, n_batch)
+
+    monkeypatch.setattr(heads.matching, "candidates", spy)
+    objective = DPTObjective(bundle.unet, heads, config, TrainSettings(batch_negatives=1))
+    with torch.no_grad():
+        objective(noisy, t, inputs)
+    assert seen["n_batch"] == 1 and seen["scores"].shape == (3, 1 + 3 + 1)
+    score = MatchScore(bundle, heads, config)
+    for b, sample in enumerate(samples):
+        candidates = [sample.caption, *sample.negatives, samples[b - 1].caption]
+        with torch.no_grad():
+            want = score(noisy[b:b + 1].expand(len(candidates), -1, -1, -1), int(t[b]),
+                         score.texts(candidates))
+        torch.testing.assert_close(seen["scores"][b], want, rtol=1e-4, atol=1e-5)
+    # the features do depend on the candidate: a leaked read (all under the caption) differs
+    with torch.no_grad():
+        leaked = score.match_embeds(noisy[:1].expand(5, -1, -1, -1), int(t[0]),
+                                    score.texts([samples[0].caption] * 5).states)
+        fair = score.match_embeds(noisy[:1].expand(5, -1, -1, -1), int(t[0]),
+                                  score.texts([samples[0].caption, *samples[0].negatives,
+                                               samples[2].caption]).states)
+    assert not torch.allclose(leaked[1:], fair[1:])

@@ -75,8 +75,9 @@ def _adapter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block", default=config.block, metavar="NAME",
                    help=f"U-Net block to read: down0.., mid, up0.. (default {config.block})")
     p.add_argument("--condition", choices=CONDITIONS, default=config.condition,
-                   help="text the U-Net sees when it makes the matching features "
-                   f"(default {config.condition})")
+                   help="text the U-Net sees when it makes the matching features: empty, "
+                   "the true caption for every candidate (caption), or each candidate's own "
+                   f"text (each; a U-Net pass per candidate) (default {config.condition})")
     p.add_argument("--ground-condition", choices=GROUND_CONDITIONS,
                    default=config.ground_condition, help="text the U-Net sees when it makes "
                    f"the grounding features (default {config.ground_condition}: the referring "
@@ -122,6 +123,11 @@ def _common(p: argparse.ArgumentParser, stage: str) -> None:
     if stage != "hn-itm":
         p.add_argument("--match-weight", type=float, default=defaults["match_weight"])
         p.add_argument("--ground-weight", type=float, default=defaults["ground_weight"])
+        p.add_argument("--batch-negatives", type=int, default=defaults["batch_negatives"],
+                       metavar="R", help="condition each: the captions of R other images of "
+                       "the batch each image is also scored against, one U-Net pass each "
+                       f"(default {defaults['batch_negatives']}); they give the text-to-image "
+                       "half of the matching loss")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"],
                    default=defaults["mixed_precision"])
     p.add_argument("--checkpoint-every", type=int, default=defaults["checkpoint_every"])

@@ -6,7 +6,13 @@ Text conditioning of the features the matching head reads (`condition`):
   U-Net pass scores an image against any number of texts, and the matching score cannot be
   won by reading the text back out of the conditioning.
 - "caption": the U-Net sees the text being scored (as the paper's pipeline does at
-  sampling time). Scoring an image against T texts then costs T U-Net passes.
+  sampling time). Scoring an image against T texts then costs T U-Net passes. Trained on
+  features made under the true caption for every candidate text (the leaked protocol: the
+  adapter learns to read the condition back, docs/dpt-shapes.md).
+- "each": scored as "caption" (the features of (image, y) are made under y), and trained the
+  same way: every candidate text, the caption and its hard negatives, is scored on features
+  made under itself, so reading the condition back cannot tell the candidates apart
+  (`training.objective`). Eq. 1 of the paper, F_t = UNet_t(z_t, CLIP(y), t).
 
 and of the features the grounding head reads (`ground_condition`):
 - "expression": the U-Net sees the referring expression, so its cross-attention tells the
@@ -26,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from .adapter import AdapterConfig
 from .lora import LoraSettings
 
-CONDITIONS = ("empty", "caption")
+CONDITIONS = ("empty", "caption", "each")
 GROUND_CONDITIONS = ("expression", "empty")
 
 
@@ -47,6 +53,11 @@ class DPTConfig:
         if self.ground_condition not in GROUND_CONDITIONS:
             raise ValueError(f"ground_condition must be one of {', '.join(GROUND_CONDITIONS)}, "
                              f"got {self.ground_condition!r}")
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether the matching features of (image, y) are made under y (one pass per text)."""
+        return self.condition != "empty"
 
     def to_dict(self) -> dict:
         return {"block": self.block, "condition": self.condition,

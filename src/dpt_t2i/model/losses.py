@@ -126,6 +126,45 @@ class MatchingLoss(nn.Module):
                 + F.cross_entropy(logits_per_text, target_t / target_t.sum(1, keepdim=True))) / 2
 
 
+    def candidates(self, scores: Tensor, texts: Tensor, n_batch: int) -> Tensor:
+        """InfoNCE over each image's own candidate texts, every score read under its own text.
+
+        Under per-candidate conditioning ("each") s(z_b, y) costs a U-Net pass per (b, y), so
+        the loss sees only the pairs that were computed: image b against its caption, its K
+        hard negatives and the captions of images b-1 .. b-R (R = `n_batch`, `torch.roll`).
+        The rolled columns give the text-to-image direction too: caption j against images
+        j, j+1 .. j+R (image j+r scored caption j in its column K+r). With R = 0 only the
+        image-to-text direction is trained. Repeated captions are positives, as in `forward`.
+
+        Args:
+            scores: (B, C) s(z_b, y_bc), C = 1 + K + R, column 0 the caption.
+            texts: (B, C, D) text(y_bc).
+            n_batch: R, the rolled in-batch captions at the end of each row.
+
+        Returns:
+            the mean of the two cross-entropies (one without in-batch columns), a scalar.
+        """
+        batch, cols = scores.shape
+        if texts.shape[:2] != scores.shape or not 0 <= n_batch < cols:
+            raise ValueError(f"need texts (B, C, D) for scores (B, C) = {tuple(scores.shape)} "
+                             f"and 0 <= n_batch < C, got {tuple(texts.shape)} and {n_batch}")
+        scale = self.scale()
+        positive = (texts == texts[:, :1]).all(-1).to(scores.dtype)  # column 0 always
+        loss_i = F.cross_entropy(scale * scores, positive / positive.sum(1, keepdim=True))
+        if n_batch == 0:
+            return loss_i
+        first, rows = cols - n_batch - 1, torch.arange(batch, device=scores.device)
+        captions = texts[:, 0]
+        shifted = [(rows + r) % batch for r in range(1, n_batch + 1)]
+        logits_t = scale * torch.stack(
+            [scores[:, 0]] + [scores[idx, first + r] for r, idx in enumerate(shifted, 1)], 1)
+        same = torch.stack([torch.ones_like(rows, dtype=torch.bool)]
+                           + [(captions[idx] == captions).all(-1) for idx in shifted], 1)
+        target_t = same.to(scores.dtype)
+        loss_t = F.cross_entropy(logits_t, target_t / target_t.sum(1, keepdim=True))
+        return (loss_i + loss_t) / 2
+
+
 class GroundingMatcher(nn.Module):
     """Assigns queries to the scene's objects; the referred object's query is eq. 5's choice.
 

@@ -10,8 +10,8 @@ One object for every reader of the score:
 - training reads the heads directly for its InfoNCE loss, with the same `matching_text`.
 
 The U-Net runs only up to the adapter's block (the early-exit tap) under the text condition
-the DPT config names: "empty" -> the empty prompt's states, "caption" -> the scored text's
-own states (the authors' models).
+the DPT config names: "empty" -> the empty prompt's states, "caption" and "each" -> the
+scored text's own states (the authors' models; eq. 1 of the paper).
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ class MatchTexts:
     """What s(z, y) reads of N texts; `MatchScore.texts` makes them."""
 
     embeds: Tensor  # (N, D) text(y), float32
-    states: Tensor  # (N, L, D) each text's own token states: the U-Net condition of "caption"
+    states: Tensor  # (N, L, D) each text's own token states: the U-Net condition of
+    # "caption" and "each"
 
     def __len__(self) -> int:
         return len(self.embeds)
@@ -97,7 +98,7 @@ class MatchScore:
 
     def condition(self, texts: MatchTexts) -> Tensor:
         """(N, L, D) the U-Net's text condition while it reads latents scored against texts."""
-        if self.config.condition == "caption":
+        if self.config.reads_text:
             return texts.states
         return self.empty_states().expand(len(texts), -1, -1)
 
@@ -130,7 +131,7 @@ class MatchScore:
         """(P,) s(z_i, y_j) of (latent index i, text index j) pairs, CHUNK latents a U-Net call.
 
         Under "empty" the features are computed once per latent, however many texts it meets;
-        under "caption" once per pair (the features depend on the text).
+        under "caption" and "each" once per pair (the features depend on the text).
         """
         # the texts and the empty prompt in one encoder call, as evaluate-disc has always
         # encoded them (a text's bits may depend on its batch: `text.encode_texts`)
@@ -138,7 +139,7 @@ class MatchScore:
         match_texts, empty = encoded[:-1], encoded.states[-1:]
         li = torch.tensor([p[0] for p in pairs], dtype=torch.long)
         ti = torch.tensor([p[1] for p in pairs], dtype=torch.long)
-        if self.config.condition == "caption":
+        if self.config.reads_text:
             return torch.cat([self(latents[li[j:j + CHUNK]], timestep,
                                    match_texts[ti[j:j + CHUNK]])
                               for j in range(0, len(pairs), CHUNK)])

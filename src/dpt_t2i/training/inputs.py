@@ -47,6 +47,8 @@ def prepare_inputs(parts: "FrozenParts", samples: list[DPTSample], config: DPTCo
               "object_boxes": batch["object_boxes"].to(device),
               "object_mask": batch["object_mask"].to(device)}
     empty_states = empty.hidden.expand(n, -1, -1)
+    # "each" makes its matching features under every candidate's own tokens (objective.py);
+    # its "states" are the empty prompt's, for a grounding pass that shares no text
     inputs["states"] = captions.hidden if config.condition == "caption" else empty_states
     if config.ground_condition == "expression":
         inputs["ref_states"] = refs.hidden

@@ -30,6 +30,8 @@ class TrainSettings:
     ground_weight: float = 1.0
     mse_weight: float = 0.0      # the denoising term the official code kept (stage 2)
     n_negatives: int = 3         # hard negatives per caption
+    batch_negatives: int = 3     # condition "each": captions of other images per image (a
+    #                              U-Net pass each; they also give the text-to-image loss)
     hn_weight: float = 1.0       # hn-itm: weight of the hard negative's (clipped) error
     hn_clip: float = 1.0         # hn-itm: that error is clipped at hn_clip x the positive's
     mixed_precision: str = "no"  # accelerate's: no, fp16, bf16
@@ -44,6 +46,8 @@ class TrainSettings:
         for name in ("steps", "batch", "grad_accum", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_negatives < 0:
+            raise ValueError(f"batch_negatives must be >= 0, got {self.batch_negatives}")
         if self.keep_checkpoints < 0:
             raise ValueError(f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
         for name in RATES_AND_WEIGHTS:
