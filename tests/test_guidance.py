@@ -12,6 +12,7 @@ from dpt_t2i.model.adapter import AdapterConfig
 from dpt_t2i.model.config import DPTConfig
 from dpt_t2i.model.features import tap
 from dpt_t2i.model.heads import DPTHeads
+from dpt_t2i.model.latents import Noiser
 from dpt_t2i.model.lora import LoraSettings, add_lora
 from dpt_t2i.model.score import MatchScore
 
@@ -108,6 +109,51 @@ def test_wrapper_moves_both_guidance_halves_by_eta_times_the_gradient():
                                   t_range=ALL, mode="predict-only")
     assert isinstance(predict_only(x, torch.tensor(10), torch.zeros(2, 5, 3)), torch.Tensor)
     torch.testing.assert_close(seen[1], x + 0.25 * w)
+    # with guidance, as the authors' sampler: the conditional copy moves, the other stays
+    predict_only(torch.cat([x, x]), torch.tensor(10), torch.zeros(4, 5, 3))
+    torch.testing.assert_close(seen[2], torch.cat([x, x + 0.25 * w]))
+
+
+ABAR = torch.linspace(0.999, 0.01, 1000)  # a made-up schedule: abar_t falls with t
+
+
+def test_x0_mode_reads_and_moves_the_clean_estimate_with_one_noise_prediction():
+    w = torch.randn(4, 8, 8)
+    eps_cond = torch.randn(2, 4, 8, 8)
+    seen = []
+
+    def model_fn(x, t, context):  # [uncond, cond]: the conditional half predicts eps_cond
+        seen.append(x.clone())
+        return torch.cat([torch.zeros_like(eps_cond), eps_cond])
+
+    wrapper = SelfCorrection(model_fn, _Linear(w), torch.zeros(2, 3), eta=0.5, t_range=ALL,
+                             mode="x0", alphas_cumprod=ABAR)
+    x = torch.randn(2, 4, 8, 8)
+    eps, delta = wrapper(torch.cat([x, x]), torch.tensor(600), torch.zeros(4, 5, 3))
+    assert len(seen) == 1 and torch.equal(seen[0], torch.cat([x, x]))  # one pass, unmoved
+    abar, abar_read = ABAR[600], ABAR[100]
+    # s(read) = <w, sqrt(abar_read) x0 + ...>: grad_x0 = sqrt(abar_read) w; the latent moves
+    # by sqrt(abar) times eta times it, so DDIM's x0 estimate moves by eta * grad exactly
+    torch.testing.assert_close(delta, (0.5 * abar.sqrt() * abar_read.sqrt() * w).expand(2, -1, -1,
+                                                                                          -1))
+    x0 = (x - (1 - abar).sqrt() * eps_cond) / abar.sqrt()
+    moved_x0 = (x + delta - (1 - abar).sqrt() * eps_cond) / abar.sqrt()
+    torch.testing.assert_close(moved_x0 - x0, 0.5 * abar_read.sqrt() * w.expand(2, -1, -1, -1))
+    # the score was read on the clean estimate noised to t = 100 with the same eps
+    read = abar_read.sqrt() * x0 + (1 - abar_read).sqrt() * eps_cond
+    torch.testing.assert_close(wrapper.scores[0], (read * w).flatten(1).sum(1))
+
+
+@pytest.mark.parametrize("mode", ["carry", "x0"])
+def test_noise_unit_moves_each_image_by_eta_times_the_noise_level(mode):
+    w = torch.randn(4, 8, 8) * 1000  # the gradient's own scale must not matter
+    wrapper = SelfCorrection(_recorder([]), _Linear(w), torch.zeros(2, 3), eta=0.2, t_range=ALL,
+                             mode=mode, unit="noise", alphas_cumprod=ABAR)
+    _, delta = wrapper(torch.randn(2, 4, 8, 8), torch.tensor(400), torch.zeros(2, 5, 3))
+    rms = delta.flatten(1).pow(2).mean(1).sqrt()
+    torch.testing.assert_close(rms, torch.full((2,), 0.2 * float((1 - ABAR[400]).sqrt())))
+    cos = F.cosine_similarity(delta.flatten(1), w.flatten()[None], dim=1)
+    torch.testing.assert_close(cos, torch.ones(2))
 
 
 def test_wrapper_passes_through_outside_its_range_and_at_eta_zero():
@@ -121,8 +167,14 @@ def test_wrapper_passes_through_outside_its_range_and_at_eta_zero():
                                        torch.zeros(2, 3), eta=0.0, t_range=ALL), 500)):
         out = wrapper(x, torch.tensor(t), torch.zeros(2, 5, 3))
         assert isinstance(out, torch.Tensor) and torch.equal(seen[-1], x) and not wrapper.scores
-    with pytest.raises(ValueError, match="mode must be one of carry, predict-only"):
+    with pytest.raises(ValueError, match="mode must be one of carry, predict-only, x0"):
         SelfCorrection(_recorder(seen), None, torch.zeros(2, 3), eta=1.0, mode="forward")
+    with pytest.raises(ValueError, match="unit must be one of raw, noise"):
+        SelfCorrection(_recorder(seen), None, torch.zeros(2, 3), eta=1.0, unit="metres")
+    for mode, unit in (("x0", "raw"), ("carry", "noise")):
+        with pytest.raises(ValueError, match="needs the model's alphas_cumprod"):
+            SelfCorrection(_recorder(seen), None, torch.zeros(2, 3), eta=1.0, mode=mode,
+                           unit=unit)
 
 
 def _run(bundle, name, model_fn, guidance=3.0, steps=4):
@@ -160,12 +212,13 @@ def test_self_correction_raises_the_dpt_score_on_every_scheduler(bundle, heads, 
             return score(latents, torch.tensor(0), texts)
 
     plain = final_score(_run(bundle, name, unet_model_fn(bundle)))
-    for mode in ("carry", "predict-only"):
+    abar = Noiser(bundle.scheduler_config).alphas_cumprod
+    for mode in ("carry", "predict-only", "x0"):
         wrapper = SelfCorrection(unet_model_fn(bundle), score, texts, eta=200.0, t_range=ALL,
-                                 mode=mode)
+                                 mode=mode, alphas_cumprod=abar)
         corrected = final_score(_run(bundle, name, wrapper))
         assert len(wrapper.scores) >= 4  # PNDM's warm-up calls the model more often
-        if mode == "carry":
+        if mode != "predict-only":
             assert (corrected > plain).all(), (name, mode, corrected, plain)
         else:
             assert not torch.equal(corrected, plain)

@@ -29,6 +29,8 @@ def test_choose_method_resolves_flags_as_dpt_generate_does(tiny_model, tiny_dpt)
         MethodSpec("attend-excite", subject_words=("circle",))
     assert choose_method(SHIPPED, eta=5.0, sc_mode="predict-only") == \
         MethodSpec("dpt+sc", dpt=shipped, eta=5.0, sc_mode="predict-only")
+    assert choose_method(SHIPPED, eta=0.1, sc_mode="x0", sc_unit="noise") == \
+        MethodSpec("dpt+sc", dpt=shipped, eta=0.1, sc_mode="x0", sc_unit="noise")
     assert choose_method(tiny_model) == MethodSpec("base")  # no shipped weights for it
     assert choose_method(tiny_model, dpt=tiny_dpt) == MethodSpec("dpt", dpt=tiny_dpt.resolve())
     with pytest.raises(ValueError, match="--self-correct needs DPT weights"):
@@ -46,6 +48,7 @@ def test_choose_method_resolves_flags_as_dpt_generate_does(tiny_model, tiny_dpt)
     ({"name": "dpt+sc", "dpt": Path("x"), "eta": 1.0, "sc_range": (700.0, 300.0)},
      "LOW <= HIGH"),
     ({"name": "dpt+sc", "dpt": Path("x"), "eta": 1.0, "sc_mode": "sideways"}, "mode must be"),
+    ({"name": "dpt+sc", "dpt": Path("x"), "eta": 1.0, "sc_unit": "metres"}, "unit must be"),
     ({"name": "referee"}, "unknown sampling method"),
 ])
 def test_method_spec_refuses_what_cannot_run(kwargs, message):
@@ -60,7 +63,11 @@ def test_index_fields_name_the_method_and_its_settings():
     assert MethodSpec("dpt", dpt=folder).index_fields() == {"method": "dpt", "dpt": "/w/dpt"}
     assert MethodSpec("dpt+sc", dpt=folder, eta=10.0).index_fields() == {
         "method": "dpt+sc", "dpt": "/w/dpt", "eta": 10.0, "sc_range": [300.0, 700.0],
-        "sc_mode": "carry"}
+        "sc_mode": "carry"}  # as records written before units existed say it
+    assert MethodSpec("dpt+sc", dpt=folder, eta=0.1, sc_mode="x0", sc_unit="noise"
+                      ).index_fields() == {
+        "method": "dpt+sc", "dpt": "/w/dpt", "eta": 0.1, "sc_range": [300.0, 700.0],
+        "sc_mode": "x0", "sc_unit": "noise"}
 
 
 def test_plan_records_seeds_files_and_settings():

@@ -278,3 +278,27 @@ def test_threads_flag_sets_torch_threads_and_is_checked(judged_folders, monkeypa
     code, out, err = _evaluate(capsys, judged_folders["clean"], "--threads", 0)
     assert code == 2 and out == "" and calls == [3]
     assert err == "dpt evaluate: error: --threads must be between 1 and 1024, got 0\n"
+
+
+def test_paired_compares_each_folder_with_the_first_on_shared_images(judged_folders, capsys):
+    clean, mixed = judged_folders["clean"], judged_folders["mixed"]
+    code, out, _ = _evaluate(capsys, clean, mixed, "--json", "--paired")
+    assert code == 0
+    paired = json.loads(out)["paired"]
+    assert paired["against"] == str(clean)
+    table = paired["folders"][str(mixed)]
+    for split in ("id", "ood"):  # mixed minus clean: its accuracy minus 1, family by family
+        for family in FAMILIES:
+            cell = table[split][family]
+            assert cell["diff"] == pytest.approx(MIXED[split][family] - 1.0)
+            assert cell["low"] <= cell["diff"] <= cell["high"] <= 0.0
+        assert table[split]["overall"]["diff"] == pytest.approx(-0.5)
+        assert table[split]["pairs"] == 20
+    code, out, _ = _evaluate(capsys, clean, mixed, "--paired")
+    assert code == 0 and f"Paired differences against {clean}" in out
+    assert re.search(r"\| .*mixed \| ood \| -0\.500 \[-?[0-9.+-]+, [0-9.+-]+\]", out)
+
+
+def test_paired_needs_two_folders(judged_folders, capsys):
+    code, _, err = _evaluate(capsys, judged_folders["clean"], "--paired")
+    assert code == 2 and "--paired needs two or more folders" in err

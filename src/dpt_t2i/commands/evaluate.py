@@ -2,7 +2,9 @@
 folder and split, with the accuracy per family.
 
 Each folder is judged on its own (`--pool` adds rows over all folders' images together, e.g.
-several seeds of one method). Images the Shapes judge cannot read, a prompt outside the
+several seeds of one method). `--paired` compares each folder with the first on the images
+they share (same prompt and seed): the difference of accuracies per family and overall, with
+a 95% bootstrap interval over prompts (`eval/paired.py`). Images the Shapes judge cannot read, a prompt outside the
 Shapes grammar or a PNG that cannot be decoded, are counted and skipped with a note naming
 the first of each kind; the evaluation stops only when no image at all is left.
 
@@ -22,6 +24,7 @@ from pathlib import Path
 from ..eval.alignment import (FolderJudgement, format_folder_tables, judge_images, load_rgb,
                               read_folders, summarize)
 from ..eval.metrics import MetricModels, image_metrics, load_metric_models
+from ..eval.paired import format_paired, paired_difference
 from ..eval.quality import quality_by_split
 from ..io.clip import load_clip
 from ..io.image_folder import INDEX
@@ -38,9 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="folders with index.jsonl as `dpt generate` writes them")
     ev.add_argument("--json", action="store_true",
                     help="print one JSON object instead of a table: folders ({folder: {split: "
-                         "row}}), skipped ({folder: [image, ...]}) and, with --pool, pooled")
+                         "row}}), skipped ({folder: [image, ...]}), with --pool pooled, with "
+                         "--paired paired")
     ev.add_argument("--pool", action="store_true",
                     help="also one row per split over the images of all folders together")
+    ev.add_argument("--paired", action="store_true",
+                    help="also each folder's paired difference against the first folder "
+                         "(images with the same prompt and seed), with bootstrap intervals")
     ev.add_argument("--quality", action="store_true",
                     help="also measure image quality: the Fréchet distance, in the Shapes CLIP "
                          "image space, to clean renders of the same prompts (lower is better)")
@@ -65,6 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     folders = list(dict.fromkeys(args.folders))  # a folder named twice is judged once
+    if args.paired and len(folders) < 2:
+        raise ValueError("--paired needs two or more folders: each is compared with the first")
     for folder in folders:
         if not (folder / INDEX).is_file():
             raise ValueError(f"{folder} has no {INDEX}; expected a folder written by "
@@ -132,6 +141,10 @@ def _result(judgements: list[FolderJudgement], others: dict, args: argparse.Name
         if j.skipped:
             result["skipped"][str(j.folder)] = [
                 {k: s[k] for k in ("file", "prompt", "skip", "why")} for s in j.skipped]
+    if args.paired:
+        first = judgements[0].verdicts
+        result["paired"] = {"against": str(judgements[0].folder), "folders": {
+            str(j.folder): paired_difference(first, j.verdicts) for j in judgements[1:]}}
     if args.pool:
         result["pooled"] = _rows([v for j in judgements for v in j.verdicts],
                                  [r for rs in others.values() for r in rs], clip, models)
@@ -166,7 +179,10 @@ def _markdown(result: dict) -> str:
     tables = dict(result["folders"])
     if "pooled" in result:
         tables[POOLED] = result["pooled"]
-    return format_folder_tables(tables)
+    text = format_folder_tables(tables)
+    if "paired" in result:
+        text += "\n\n" + format_paired(result["paired"]["folders"], result["paired"]["against"])
+    return text
 
 
 def _check_verdicts_file(path: Path | None, judgements: list[FolderJudgement]) -> None:

@@ -28,7 +28,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ..data.benchmarks import check_geneval_out, write_geneval_layout
-from ..generation.guidance import MODES
+from ..generation.guidance import MODES, UNITS
 from ..generation.methods import (FolderRun, MethodSpec, SamplerSettings, check_self_correction,
                                   choose_method, generate_folder)
 from ..generation.sampling import SCHEDULERS
@@ -75,9 +75,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="correct only at timesteps LOW <= t <= HIGH (default 300 700, "
                           "chosen on the Shapes model: docs/dpt-shapes.md)")
     gen.add_argument("--self-correct-mode", choices=MODES, default=MethodSpec.sc_mode,
-                     help="carry: later steps continue from the corrected latent (default); "
-                          "predict-only: only the noise prediction sees it, as the authors' "
-                          "sampler does")
+                     help="carry: the score reads z_t and later steps continue from the "
+                          "corrected latent (default); predict-only: only the conditional "
+                          "noise prediction sees it, as the authors' sampler does; x0: the "
+                          "score reads the predicted clean latent and the correction moves it")
+    gen.add_argument("--self-correct-unit", choices=UNITS, default=MethodSpec.sc_unit,
+                     help="raw: the step is eta x the score's gradient (default; eq. 9); noise: "
+                          "eta x the noise level of z_t along the gradient's direction, the "
+                          "same scale on every model")
     gen.add_argument("--attend-excite", action="store_true",
                      help="baseline: the base model sampled with Attend-and-Excite")
     gen.add_argument("--subject-words", default=None, metavar="W,W,...",
@@ -102,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     sampler = SamplerSettings(args.steps, args.guidance, args.scheduler, args.batch_size)
     check_self_correction(args.self_correct, tuple(args.self_correct_range),
-                          args.self_correct_mode)
+                          args.self_correct_mode, args.self_correct_unit)
     _check_flags(args)
     prompts, benchmark = read_prompt_set(args)
     model = model_folder(args.model)
@@ -110,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         tuple(w.strip() for w in args.subject_words.split(",") if w.strip())
     spec = choose_method(model, base=args.base, dpt=args.dpt, eta=args.self_correct,
                          sc_range=tuple(args.self_correct_range),
-                         sc_mode=args.self_correct_mode, attend_excite=args.attend_excite,
+                         sc_mode=args.self_correct_mode, sc_unit=args.self_correct_unit,
+                         attend_excite=args.attend_excite,
                          subject_words=words)
     job = FolderRun(model, prompts, args.out, spec, sampler, args.num_images, args.seed,
                     benchmark, args.overwrite, args.resume)

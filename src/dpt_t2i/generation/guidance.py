@@ -2,15 +2,27 @@
 
 `SelfCorrection` wraps a sampler's `model_fn` the way k-diffusion's `cond_fn` wraps a
 denoiser: it moves the model's input along the gradient of a score s(x, y) (the DPT
-matching score `model.score.MatchScore`, or any callable of the same shape) before the noise
-prediction. Two ways to use the moved latent:
+matching score `model.score.MatchScore`, or any callable of the same shape). Three modes:
 
-- "carry" (the default here): the sampler continues from the corrected latent, so the
-  scheduler steps from the point at which the noise was predicted;
-- "predict-only" (the authors' released sampler): only the noise prediction sees the
-  corrected latent; the scheduler steps from the uncorrected one.
+- "carry" (the default here): the score is read on the noisy latent z_t, the whole latent
+  (both classifier-free guidance copies) moves, and the sampler continues from the corrected
+  latent, so the scheduler steps from the point at which the noise was predicted;
+- "predict-only" (the authors' released sampler, `txt2img.py`): the gradient moves the
+  conditional copy only; the unconditional prediction stays at the uncorrected latent, and
+  the scheduler steps from the uncorrected one;
+- "x0": the score is read on the sampler's own prediction of the clean latent,
+  x0 = (z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) from the conditional prediction, noised
+  back to `read_t` with that same eps (where the score sees well: ITM is near chance at
+  t = 700 on z_t itself), and the correction moves that x0 estimate. No second noise
+  prediction: the sampler's one pass at z_t serves the read and the step (the latent moves
+  by sqrt(abar_t) * eta * grad, so the step's x0 moves by eta * grad with eps unchanged).
 
-`docs/dpt-shapes.md` measures one against the other.
+The step size eta is in one of two units (`unit`):
+- "raw": delta = eta * grad s (the paper's eq. 9; the right eta depends on the model);
+- "noise": delta = eta * sqrt(1 - abar_t) * grad / rms(grad), per image: eta is the move's
+  size as a fraction of the noise in z_t, whatever the model's gradient scale.
+
+`docs/dpt-shapes.md` measures the modes and units against each other.
 """
 
 from __future__ import annotations
@@ -22,7 +34,9 @@ import torch
 if TYPE_CHECKING:
     from .sampling import ModelFn
 
-MODES = ("carry", "predict-only")
+MODES = ("carry", "predict-only", "x0")
+UNITS = ("raw", "noise")
+READ_T = 100  # "x0" mode: the timestep the clean estimate is read at (the score's best)
 # timesteps self-correction applies on by default, measured on the Shapes model
 # (docs/dpt-shapes.md): above t = 700 the matching score is at chance; below t = 300 its
 # gradient recolours finished objects instead of fixing the layout
@@ -41,22 +55,35 @@ class SelfCorrection:
         score: s(x, t, texts) -> (B,), e.g. a `model.score.MatchScore`.
         texts: what the score reads of the batch's B prompts (for a `MatchScore`, its
             `texts(prompts)`); its len() is B.
-        eta: step size; 0 disables the correction.
+        eta: step size (in `unit`); 0 disables the correction.
         t_range: (low, high) timesteps on which to correct, inclusive; others pass through.
-        mode: "carry" or "predict-only" (see the module docstring).
+        mode: "carry", "predict-only" or "x0" (see the module docstring).
+        unit: "raw" or "noise" (see the module docstring).
+        alphas_cumprod: (T,) abar_t of the model's schedule (`latents.Noiser.alphas_cumprod`);
+            needed by mode "x0" and unit "noise".
 
     A call takes the sampler's B latents (2B with classifier-free guidance: [uncond, cond]
-    copies of the same B) and returns eps; in "carry" mode, on a corrected step, it returns
-    (eps, delta) with the (B, C, h, w) correction it applied, for the sampler to keep.
+    copies of the same B, in model-input units: scale_model_input(z_t) =
+    sqrt(abar_t) x0 + sqrt(1 - abar_t) eps for every scheduler the sampler offers) and returns
+    eps; in "carry" and "x0" modes, on a corrected step, it returns (eps, delta) with the
+    (B, C, h, w) correction it applied, for the sampler to keep.
     """
 
     def __init__(self, model_fn: ModelFn, score: Score, texts: Any, eta: float,
-                 t_range: tuple[float, float] = DEFAULT_T_RANGE, mode: str = "carry"):
+                 t_range: tuple[float, float] = DEFAULT_T_RANGE, mode: str = "carry",
+                 unit: str = "raw", alphas_cumprod: torch.Tensor | None = None):
         if mode not in MODES:
             raise ValueError(f"self-correction mode must be one of {', '.join(MODES)}, "
                              f"got {mode!r}")
+        if unit not in UNITS:
+            raise ValueError(f"self-correction unit must be one of {', '.join(UNITS)}, "
+                             f"got {unit!r}")
+        if alphas_cumprod is None and (mode == "x0" or unit == "noise"):
+            raise ValueError(f"self-correction mode {mode!r} with unit {unit!r} needs the "
+                             "model's alphas_cumprod")
         self.model_fn, self.score, self.texts = model_fn, score, texts
-        self.eta, self.t_range, self.mode = float(eta), t_range, mode
+        self.eta, self.t_range, self.mode, self.unit = float(eta), t_range, mode, unit
+        self.alphas_cumprod = alphas_cumprod
         self.scores: list[torch.Tensor] = []  # s(x, y) at each corrected step, (B,) each
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor):
@@ -64,9 +91,39 @@ class SelfCorrection:
         if self.eta == 0 or not low <= float(t) <= high:
             return self.model_fn(x, t, context)
         B = len(self.texts)
-        delta = self.eta * self.gradient(x[-B:], t)  # (B, C, h, w): one per image
-        eps = self.model_fn(x + delta.repeat(x.shape[0] // B, 1, 1, 1), t, context)
-        return (eps, delta) if self.mode == "carry" else eps
+        if self.mode == "x0":
+            eps = self.model_fn(x, t, context)
+            return eps, self._step(self.x0_gradient(x[-B:], eps[-B:], t), t)
+        delta = self._step(self.gradient(x[-B:], t), t)  # (B, C, h, w): one per image
+        if self.mode == "carry":
+            return self.model_fn(x + delta.repeat(x.shape[0] // B, 1, 1, 1), t, context), delta
+        moved = x.clone()  # predict-only: the conditional copy moves, the unconditional not
+        moved[-B:] += delta
+        return self.model_fn(moved, t, context)
+
+    def _abar(self, t) -> torch.Tensor:
+        return self.alphas_cumprod[int(t)]
+
+    def _step(self, grad: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """delta of a gradient (B, C, h, w) in the configured unit."""
+        if self.unit == "raw":
+            return self.eta * grad
+        rms = grad.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12)
+        noise = (1 - self._abar(t)).sqrt().to(grad)
+        return self.eta * noise * grad / rms.view(-1, *[1] * (grad.ndim - 1))
+
+    def x0_gradient(self, x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """sqrt(abar_t) grad_x0 s(z_read(x0), y): the latent move that moves the clean
+        estimate x0 of x (B, C, h, w) by grad, eps (B, C, h, w) held fixed."""
+        abar = self._abar(t).to(x)
+        abar_read = self.alphas_cumprod[READ_T].to(x)
+        with torch.enable_grad():
+            x0 = ((x - (1 - abar).sqrt() * eps) / abar.sqrt()).detach().requires_grad_(True)
+            read = abar_read.sqrt() * x0 + (1 - abar_read).sqrt() * eps.detach()
+            s = self.score(read, torch.tensor(READ_T, device=x.device), self.texts)
+            (grad,) = torch.autograd.grad(s.sum(), x0)
+        self.scores.append(s.detach())
+        return abar.sqrt() * grad
 
     def gradient(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """grad_x of s(x, y) summed over the batch (each image's own gradient), (B, C, h, w)."""

@@ -35,9 +35,10 @@ from ..io.bundle import (ModelBundle, default_model_path, load_bundle, read_sche
 from ..io.dpt_folder import default_dpt_path, load_for_sampling, read_dpt_config
 from ..io.folder_writer import RESUME_OR_OVERWRITE, open_folder
 from ..io.image_folder import numbered_records, write_png
+from ..model.latents import Noiser
 from ..model.score import MatchScore
 from .attend_excite import build_pipeline, sample_attend_excite, subject_words, token_indices
-from .guidance import DEFAULT_T_RANGE, MODES, SelfCorrection
+from .guidance import DEFAULT_T_RANGE, MODES, UNITS, SelfCorrection
 from .referee import SHAPES_SETTINGS, RefereeSettings
 from .sampling import (SCHEDULERS, check_seeds, check_steps, decode, encode_prompts,
                        image_generators, initial_latents, make_scheduler, sample, unet_model_fn)
@@ -99,6 +100,7 @@ class MethodSpec:
     eta: float | None = None            # dpt+sc: self-correction step size (> 0)
     sc_range: tuple[float, float] = DEFAULT_T_RANGE  # dpt+sc: timesteps corrected
     sc_mode: str = "carry"              # dpt+sc: a key of guidance.MODES
+    sc_unit: str = "raw"                # dpt+sc: eta's unit, a key of guidance.UNITS
     subject_words: tuple[str, ...] | None = None  # attend-excite: None finds them
 
     def __post_init__(self):
@@ -110,7 +112,7 @@ class MethodSpec:
                              "DPT folder")
         if (self.name == "dpt+sc") != (self.eta is not None):
             raise ValueError("self-correction's eta goes with method dpt+sc, and only with it")
-        check_self_correction(self.eta, self.sc_range, self.sc_mode)
+        check_self_correction(self.eta, self.sc_range, self.sc_mode, self.sc_unit)
 
     def index_fields(self) -> dict:
         """The index fields that say which method made an image."""
@@ -118,13 +120,17 @@ class MethodSpec:
             return {"method": self.name}
         if self.name == "dpt":
             return {"method": "dpt", "dpt": str(self.dpt)}
-        return {"method": "dpt+sc", "dpt": str(self.dpt), "eta": self.eta,
-                "sc_range": list(self.sc_range), "sc_mode": self.sc_mode}
+        fields = {"method": "dpt+sc", "dpt": str(self.dpt), "eta": self.eta,
+                  "sc_range": list(self.sc_range), "sc_mode": self.sc_mode}
+        if self.sc_unit != "raw":  # records written before units existed still match
+            fields["sc_unit"] = self.sc_unit
+        return fields
 
 
-def check_self_correction(eta: float | None, sc_range: tuple[float, float], mode: str) -> None:
+def check_self_correction(eta: float | None, sc_range: tuple[float, float], mode: str,
+                          unit: str = "raw") -> None:
     """ValueError for a self-correction step that is not > 0, a timestep range that is not
-    LOW <= HIGH, or an unknown mode (named as `dpt generate`'s flags name them)."""
+    LOW <= HIGH, or an unknown mode or unit (named as `dpt generate`'s flags name them)."""
     if eta is not None and not (math.isfinite(eta) and eta > 0):
         raise ValueError(f"--self-correct must be a finite number > 0, got {eta}")
     low, high = sc_range
@@ -133,6 +139,9 @@ def check_self_correction(eta: float | None, sc_range: tuple[float, float], mode
     if mode not in MODES:
         raise ValueError(f"self-correction mode must be one of {', '.join(MODES)}, "
                          f"got {mode!r}")
+    if unit not in UNITS:
+        raise ValueError(f"self-correction unit must be one of {', '.join(UNITS)}, "
+                         f"got {unit!r}")
 
 
 def shipped_dpt(model: Path) -> Path | None:
@@ -153,7 +162,7 @@ def referee_preset(model: Path) -> RefereeSettings:
 
 def choose_method(model: Path, base: bool = False, dpt: Path | None = None,
                   eta: float | None = None, sc_range: tuple[float, float] = DEFAULT_T_RANGE,
-                  sc_mode: str = "carry", attend_excite: bool = False,
+                  sc_mode: str = "carry", sc_unit: str = "raw", attend_excite: bool = False,
                   subject_words: tuple[str, ...] | None = None) -> MethodSpec:
     """The method `dpt generate`'s flags choose, with the DPT folder checked and resolved.
 
@@ -174,7 +183,7 @@ def choose_method(model: Path, base: bool = False, dpt: Path | None = None,
     if eta is None:
         return MethodSpec("dpt", dpt=Path(folder).resolve())
     return MethodSpec("dpt+sc", dpt=Path(folder).resolve(), eta=eta, sc_range=tuple(sc_range),
-                      sc_mode=sc_mode)
+                      sc_mode=sc_mode, sc_unit=sc_unit)
 
 
 @dataclass
@@ -186,6 +195,7 @@ class Method:
     eta: float = 0.0                               # self-correction off at 0
     t_range: tuple[float, float] = DEFAULT_T_RANGE  # timesteps on which to correct
     mode: str = "carry"
+    unit: str = "raw"
     subjects: dict[str, list[int]] | None = None   # Attend-and-Excite: prompt -> token indices
     early_exit: bool = True  # the score stops the U-Net at the adapter's block (False: cost bench)
 
@@ -195,7 +205,8 @@ class Method:
             return None
         score = MatchScore(bundle, self.heads, self.config, early_exit=self.early_exit)
         return SelfCorrection(unet_model_fn(bundle), score, score.texts(prompts), self.eta,
-                              self.t_range, self.mode)
+                              self.t_range, self.mode, self.unit,
+                              Noiser(bundle.scheduler_config).alphas_cumprod)
 
 
 def load_method(bundle: ModelBundle, spec: MethodSpec, prompts: list[str]) -> Method:
@@ -211,7 +222,7 @@ def load_method(bundle: ModelBundle, spec: MethodSpec, prompts: list[str]) -> Me
         raise ValueError(f"--self-correct needs an adapter to score with; {spec.dpt} holds "
                          f"LoRA only")
     return Method(heads=heads, config=config, eta=spec.eta or 0.0, t_range=spec.sc_range,
-                  mode=spec.sc_mode)
+                  mode=spec.sc_mode, unit=spec.sc_unit)
 
 
 def subject_indices(bundle: ModelBundle, prompts: list[str],
