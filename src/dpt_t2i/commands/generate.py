@@ -19,6 +19,12 @@ Benchmarks: `--benchmark NAME --benchmark-file PATH` takes the prompts of CC-500
 COCO-NSS1K, T2I-CompBench or GenEval in their published formats (data/benchmarks.py); each
 image's record then carries the prompt's metadata under "benchmark". With `--benchmark
 geneval`, `--geneval-out DIR` also lays the images out as GenEval's evaluator reads them.
+With `--benchmark t2i-compbench` and one `<category>_val.txt`, `--compbench-out DIR` writes
+DIR/samples/<prompt>_<NNNNNN>.png (NNNNNN counting the run's images), what T2I-CompBench's
+evaluators read (give them DIR as --outpath / --out_dir). They take the prompt from the file
+name up to its first `_`, so a prompt holding `_`, `/` or `.png` is refused; and its 3-in-1
+evaluator takes images 10k .. 10k+9 as line k's of complex_val.txt, so complex_val.txt runs
+with --num-images 10 only (10 a prompt is the benchmark's protocol in every category).
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ import argparse
 from contextlib import ExitStack
 from pathlib import Path
 
-from ..data.benchmarks import check_geneval_out, write_geneval_layout
+from ..data.benchmarks import (COMPBENCH_IMAGES_PER_PROMPT, BenchmarkPrompt, check_compbench_out,
+                               check_compbench_prompts, check_geneval_out, write_compbench_layout,
+                               write_geneval_layout)
 from ..generation.guidance import MODES, UNITS
 from ..generation.methods import (FolderRun, MethodSpec, SamplerSettings, check_self_correction,
                                   choose_method, generate_folder)
@@ -92,9 +100,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--geneval-out", type=Path, default=None, metavar="DIR",
                      help="with --benchmark geneval: also write DIR/<prompt>/metadata.jsonl "
                           "and DIR/<prompt>/samples/<n>.png, GenEval's evaluator's layout")
+    gen.add_argument("--compbench-out", type=Path, default=None, metavar="DIR",
+                     help="with --benchmark t2i-compbench and one <category>_val.txt: also "
+                          "write DIR/samples/<prompt>_<NNNNNN>.png, the layout T2I-CompBench's "
+                          "evaluators read (prompts holding '_', '/' or '.png' are refused; "
+                          f"complex_val.txt needs --num-images {COMPBENCH_IMAGES_PER_PROMPT}, "
+                          "as its 3-in-1 evaluator reads 10 images a prompt)")
     gen.add_argument("--overwrite", action="store_true",
                      help="replace an earlier run in DIR (its index and images) and discard an "
-                          "unfinished one, and the prompt folders in --geneval-out DIR")
+                          "unfinished one, and the prompt folders in --geneval-out DIR or the "
+                          "samples/ folder in --compbench-out DIR")
     gen.add_argument("--resume", action="store_true",
                      help="finish the unfinished run of a killed `dpt generate` into DIR: keep "
                           "its images, make the rest (same flags as it had; a new run if there "
@@ -110,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
                           args.self_correct_mode, args.self_correct_unit)
     _check_flags(args)
     prompts, benchmark = read_prompt_set(args)
+    if args.compbench_out is not None:
+        check_compbench_prompts([BenchmarkPrompt(text, meta) for text, meta
+                                 in zip(prompts, benchmark)], args.num_images)
     model = model_folder(args.model)
     words = None if args.subject_words is None else \
         tuple(w.strip() for w in args.subject_words.split(",") if w.strip())
@@ -120,22 +138,32 @@ def run(args: argparse.Namespace) -> int:
                          subject_words=words)
     job = FolderRun(model, prompts, args.out, spec, sampler, args.num_images, args.seed,
                     benchmark, args.overwrite, args.resume)
-    checked: dict[str, Path | None] = {}
-    with ExitStack() as held:  # --geneval-out's lock, from its check to its layout
+    layout = next(((flag, getattr(args, flag)) for flag in LAYOUTS
+                   if getattr(args, flag) is not None), None)
+    checked: dict[str, Path | None] = {"layout": None}
+    with ExitStack() as held:  # the layout folder's lock, from its check to its layout
 
         def before_load(out: Path) -> None:
             checked["out"] = out
-            checked["geneval"] = _geneval_folder(args.geneval_out, out, args.overwrite)
-            if checked["geneval"] is not None:
-                held.enter_context(output_lock(checked["geneval"]))
+            if layout is not None:
+                checked["layout"] = _layout_folder(*layout, out, args.overwrite)
+                held.enter_context(output_lock(checked["layout"]))
             quiet_loading()
 
         records = generate_folder(job, before_load=before_load)
         print(f"wrote {len(records)} images and {INDEX} to {checked['out']}")
-        if checked["geneval"] is not None:
-            n = write_geneval_layout(checked["out"], checked["geneval"], overwrite=args.overwrite)
-            print(f"wrote GenEval's layout of {n} prompt folders to {checked['geneval']}")
+        if layout is not None:
+            _, write, what = LAYOUTS[layout[0]]
+            n = write(checked["out"], checked["layout"], overwrite=args.overwrite)
+            print(f"wrote {what.format(n=n)} to {checked['layout']}")
     return 0
+
+
+# --X-out dest: (its folder check, its writer, what it writes)
+LAYOUTS = {"geneval_out": (check_geneval_out, write_geneval_layout,
+                           "GenEval's layout of {n} prompt folders"),
+           "compbench_out": (check_compbench_out, write_compbench_layout,
+                             "T2I-CompBench's layout of {n} images")}
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -152,14 +180,16 @@ def _check_flags(args: argparse.Namespace) -> None:
     if args.geneval_out is not None and args.benchmark != "geneval":
         raise ValueError("--geneval-out needs --benchmark geneval (GenEval's metadata goes "
                          "into each prompt folder)")
+    if args.compbench_out is not None and args.benchmark != "t2i-compbench":
+        raise ValueError("--compbench-out needs --benchmark t2i-compbench (the layout names "
+                         "each image by its T2I-CompBench prompt)")
 
 
-def _geneval_folder(folder: Path | None, out: Path, overwrite: bool) -> Path | None:
-    """The checked --geneval-out folder (None if not given): apart from the run's folder."""
-    if folder is None:
-        return None
-    folder = check_geneval_out(folder, overwrite)
+def _layout_folder(flag: str, folder: Path, out: Path, overwrite: bool) -> Path:
+    """The checked layout folder of --geneval-out or --compbench-out: apart from --out."""
+    folder = LAYOUTS[flag][0](folder, overwrite)
+    name = "--" + flag.replace("_", "-")
     if folder == out or folder in out.parents or out in folder.parents:
-        raise ValueError(f"--geneval-out {folder} must lie apart from --out {out}, neither "
+        raise ValueError(f"{name} {folder} must lie apart from --out {out}, neither "
                          "inside the other")
     return folder

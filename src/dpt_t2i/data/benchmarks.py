@@ -27,6 +27,22 @@ The formats, as their authors publish them:
 Blank lines are skipped; line numbers count them. GenEval's evaluator
 (`evaluation/evaluate_images.py`) reads `<DIR>/<prompt:05d>/metadata.jsonl` (that prompt's
 object) and `<DIR>/<prompt:05d>/samples/<n>.png`; `write_geneval_layout` writes it.
+
+T2I-CompBench's evaluators read one category's images from `<DIR>/samples/` and take
+everything from the file names, which its generator (`GORS_finetune/inference_eval.py`)
+writes as `f"{prompt}_{count:06}.png"` with a counter over the whole run:
+`BLIPvqa_eval/BLIP_vqa.py` and `CLIPScore_eval/CLIP_similarity.py` list the folder, sort by
+`int(name.split("_")[-1].split(".")[0])`, read the prompt as `name.split("_")[0]` and number
+the results in that order; `UniDet_eval/2D_spatial_eval.py` and `3D_spatial_eval.py` (through
+`experts/obj_detection/generate_dataset*.py`) sort by `int(name.split("_")[1].split(".")[0])`
+and record that integer as the question id; `UniDet_eval/numeracy_eval.py` takes
+`int(name.split(".png")[0].split("_")[1])`. `3_in_1_eval/3_in_1.py` reads no file names: it
+takes results 10 k .. 10 k + 9 of those lists as the images of line k of `complex_val.txt`, so
+a complex run must make exactly COMPBENCH_IMAGES_PER_PROMPT (10) images a prompt, in file
+order (the benchmark's own protocol: 10 images a prompt in every category).
+`write_compbench_layout` writes that layout; `check_compbench_prompts` refuses, before any
+image is made, what those readers cannot parse (a prompt holding `_`, `/` or `.png`, a name
+too long for a file) and a complex run of another count.
 """
 
 from __future__ import annotations
@@ -35,10 +51,12 @@ import json
 import os
 import re
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..io.image_folder import INDEX, check_output_folder, read_index, staging_folder
+from .prompt_text import quote
 
 BENCHMARKS = ("cc-500", "abc-6k", "coco-nss1k", "t2i-compbench", "geneval")
 COMPBENCH_CATEGORIES = ("color", "shape", "texture", "spatial", "non_spatial", "complex",
@@ -227,10 +245,14 @@ def check_geneval_out(out: str | Path, overwrite: bool = False) -> Path:
         `out`, resolved. Raises ValueError for a file, a non-empty folder without
         `overwrite`, or a place no file can be written.
     """
+    return _check_layout_out(out, overwrite, "GenEval", "prompt folders")
+
+
+def _check_layout_out(out: str | Path, overwrite: bool, what: str, replaced: str) -> Path:
     out = check_output_folder(out, [], overwrite=True)  # a folder, and writable
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"GenEval folder {out} is not empty; pass --overwrite to replace its "
-                         "prompt folders, or choose a new folder")
+        raise ValueError(f"{what} folder {out} is not empty; pass --overwrite to replace its "
+                         f"{replaced}, or choose a new folder")
     return out
 
 
@@ -295,3 +317,121 @@ def _move_in(stage: Path, out: Path) -> None:
             shutil.rmtree(old)
     for new in sorted(stage.iterdir()):
         os.replace(new, out / new.name)
+
+
+# ------------------------------------------------------------------------ T2I-CompBench layout
+
+COMPBENCH_SAMPLES = "samples"
+COMPBENCH_IMAGES_PER_PROMPT = 10  # 3_in_1_eval/3_in_1.py: `num=10` images for each prompt
+NAME_BYTES = 255                  # the longest file name ext4, XFS, APFS and NTFS take
+
+
+def compbench_file_name(prompt: str, count: int) -> str:
+    """Image `count` of the run (over all prompts), named as T2I-CompBench's generator does."""
+    return f"{prompt}_{count:06}.png"
+
+
+def check_compbench_prompts(prompts: list[BenchmarkPrompt], num_images: int) -> None:
+    """Refuse a T2I-CompBench run whose layout its evaluators would misread.
+
+    Args:
+        prompts: from `read_t2i_compbench`, one category's.
+        num_images: images per prompt.
+
+    Raises:
+        ValueError: prompts of several categories (each evaluator scores one category's
+            `samples/` folder), a prompt the file-name parsing breaks on, or a complex run
+            of other than COMPBENCH_IMAGES_PER_PROMPT images a prompt.
+    """
+    categories = sorted({p.metadata.get("category") for p in prompts}, key=str)
+    if not prompts or any(p.metadata.get("benchmark") != "t2i-compbench" for p in prompts):
+        raise ValueError("the T2I-CompBench layout needs T2I-CompBench prompts; expected "
+                         "--benchmark t2i-compbench")
+    if len(categories) > 1:
+        raise ValueError(f"the T2I-CompBench layout holds one category, as its evaluators score "
+                         f"one samples/ folder at a time; these prompts are of "
+                         f"{', '.join(map(str, categories))}: pass one <category>_val.txt")
+    for p in prompts:
+        problem = _name_problem(p.text)
+        if problem is not None:
+            raise ValueError(f"T2I-CompBench {p.metadata.get('category')} line "
+                             f"{p.metadata.get('line')}: prompt {quote(p.text)} {problem}")
+    if categories == ["complex"] and num_images != COMPBENCH_IMAGES_PER_PROMPT:
+        raise ValueError(f"complex_val.txt needs {COMPBENCH_IMAGES_PER_PROMPT} images a prompt, "
+                         f"got {num_images}: T2I-CompBench's 3-in-1 evaluator takes images "
+                         f"{COMPBENCH_IMAGES_PER_PROMPT} k .. {COMPBENCH_IMAGES_PER_PROMPT} k + "
+                         f"{COMPBENCH_IMAGES_PER_PROMPT - 1} as line k's; pass --num-images "
+                         f"{COMPBENCH_IMAGES_PER_PROMPT}")
+
+
+def _name_problem(prompt: str) -> str | None:
+    """Why `<prompt>_000000.png` cannot carry `prompt` to the evaluators (None if it can)."""
+    if "_" in prompt:
+        return "holds '_'; the evaluators read the prompt as the file name up to its first '_'"
+    if "/" in prompt or "\0" in prompt:
+        return "holds '/' or NUL, which no file name can"
+    if ".png" in prompt:
+        return "holds '.png'; numeracy_eval.py cuts the file name at its first '.png'"
+    size = len(compbench_file_name(prompt, 0).encode("utf-8"))
+    if size > NAME_BYTES:
+        return f"makes a file name of {size} bytes; at most {NAME_BYTES} fit"
+    return None
+
+
+def check_compbench_out(out: str | Path, overwrite: bool = False) -> Path:
+    """Check that `out` can receive a T2I-CompBench layout: new or empty, or `overwrite` given.
+
+    Returns:
+        `out`, resolved. Raises ValueError as `check_geneval_out` does.
+    """
+    return _check_layout_out(out, overwrite, "T2I-CompBench", f"{COMPBENCH_SAMPLES}/ folder")
+
+
+def write_compbench_layout(folder: str | Path, out: str | Path, overwrite: bool = False) -> int:
+    """Lay a `dpt generate --benchmark t2i-compbench` folder out as T2I-CompBench's evaluators
+    read it: `out/samples/<prompt>_<k:06d>.png`, k counting the run's images (the index order).
+
+    PNGs are hard links where the file system allows, copies elsewhere. The layout is staged
+    beside `out` and moved in at the end; `overwrite` first removes `out/samples/` and leaves
+    the rest (the evaluators' own result folders, which their next run rewrites).
+
+    Args:
+        folder: a folder `dpt generate` wrote from one `<category>_val.txt`.
+        out: the layout's folder (new, empty, or replaced with `overwrite`): the `--outpath`
+            / `--out_dir` to give the evaluators.
+
+    Returns:
+        The number of images laid out. Raises ValueError for a folder of other prompts, and
+        as `check_compbench_prompts` for a run the evaluators would misread.
+    """
+    folder = Path(folder)
+    records = read_index(folder, required=("file", "prompt", "prompt_index", "benchmark"))
+    prompts: dict[int, BenchmarkPrompt] = {}
+    for n, record in enumerate(records, start=1):
+        meta = record["benchmark"]
+        if not isinstance(meta, dict) or meta.get("benchmark") != "t2i-compbench":
+            raise ValueError(f"{folder / INDEX} record {n} has no T2I-CompBench metadata; "
+                             "expected a folder written by `dpt generate --benchmark "
+                             "t2i-compbench`")
+        if not (folder / str(record["file"])).is_file():
+            raise ValueError(f"{folder / INDEX} record {n} names {record['file']}, which is "
+                             "missing; expected the images the index names")
+        prompts.setdefault(record["prompt_index"], BenchmarkPrompt(str(record["prompt"]), meta))
+    counts = set(Counter(r["prompt_index"] for r in records).values())
+    if len(counts) != 1:
+        raise ValueError(f"{folder / INDEX} holds {sorted(counts)} images for different "
+                         "prompts; expected the same number for every prompt, as `dpt "
+                         "generate` makes")
+    check_compbench_prompts(list(prompts.values()), counts.pop())
+    out = check_compbench_out(out, overwrite)
+    with staging_folder(out) as stage:
+        (stage / COMPBENCH_SAMPLES).mkdir()
+        for k, record in enumerate(records):
+            _link_or_copy(folder / str(record["file"]),
+                          stage / COMPBENCH_SAMPLES / compbench_file_name(record["prompt"], k))
+        if not out.exists():
+            os.replace(stage, out)
+        else:
+            shutil.rmtree(out / COMPBENCH_SAMPLES, ignore_errors=True)
+            os.replace(stage / COMPBENCH_SAMPLES, out / COMPBENCH_SAMPLES)
+    return len(records)
