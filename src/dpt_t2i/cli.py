@@ -12,8 +12,9 @@ import argparse
 import sys
 from importlib import metadata
 
-from .commands import (evaluate, evaluate_disc, export_lora, generate, import_official, prompts,
-                       referee, report, score, serve, sweep_blocks, train, world)
+from .commands import (compbench_table, evaluate, evaluate_disc, export_lora, generate,
+                       import_official, prompts, referee, report, score, serve, sweep_blocks,
+                       train, world)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.register(sub)
     referee.register(sub)
     serve.register(sub)
+    compbench_table.register(sub)
     return parser
 
 
