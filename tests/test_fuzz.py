@@ -42,7 +42,7 @@ COMMANDS = ("generate", "referee", "evaluate", "evaluate-disc", "probe", "tune",
 # per command: 640 command lines in all (8 commands), in about 30 s;
 # DPT_FUZZ_EXAMPLES=2000 for a long hunt
 EXAMPLES = int(os.environ.get("DPT_FUZZ_EXAMPLES", "80"))
-OUTPUTS = {"out", "run_dir", "verdicts", "geneval_out"}  # flags that name what a run writes
+OUTPUTS = {"out", "run_dir", "verdicts", "geneval_out", "compbench_out"}  # flags that name what a run writes
 PROMPTS = ["a red circle", "two blue squares", "a green triangle to the left of a red circle",
            "a small yellow square and a big cyan circle"]
 TEXT_VALUES = {  # str flags: values that their checks accept, beside any text
