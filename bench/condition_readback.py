@@ -1,11 +1,14 @@
 """Can a DPT matching score be won by reading the text back out of the U-Net's condition?
 
-For a DPT folder trained with `--condition caption` (the U-Net sees the scored text), image-
+For a DPT folder trained with `--condition caption` or `each` (the U-Net sees the scored text), image-
 to-text accuracy on Shapes ITM items (1 caption vs 3 hard negatives) under three protocols:
 
 - fair:   each candidate text is scored on features made under that same text;
 - leaked: all four candidates are scored on features made under the true caption;
-- misled: all four are scored on features made under the first hard negative.
+- misled: all four are scored on features made under the first hard negative;
+- blind:  as fair, but on the image of another item: a score that reads the image is at
+          chance (0.25) here; one that has learned which texts look like captions (a prior
+          over the texts that per-candidate conditioning lets the features carry) is not.
 
 If the score reads the condition, "leaked" is near 1 and "misled" near 0 whatever the image
 shows; a score that reads the image gives similar figures under all three. For a DPT folder
@@ -41,7 +44,7 @@ def main() -> None:
     items = [shapes_itm_item(1, i, args.split) for i in range(args.n)]
     latents = scorer.encode([it.images[0] for it in items])  # (N, C, h, w)
     score, t = scorer.score, args.timestep
-    right = {"fair": 0, "leaked": 0, "misled": 0}
+    right = {"fair": 0, "leaked": 0, "misled": 0, "blind": 0}
     with torch.no_grad():
         for k, item in enumerate(items):
             texts = score.texts(item.texts)  # text(y) (4, D), states (4, L, D)
@@ -52,7 +55,11 @@ def main() -> None:
                                      texts.embeds)[0]
             misled = matching_scores(score.match_embeds(lat[:1], t, texts.states[1:2]),
                                      texts.embeds)[0]
-            for name, s in (("fair", fair), ("leaked", leaked), ("misled", misled)):
+            other = latents[(k + 1) % len(items)][None].expand(4, -1, -1, -1)
+            blind = torch.diagonal(matching_scores(score.match_embeds(other, t, texts.states),
+                                                   texts.embeds))
+            for name, s in (("fair", fair), ("leaked", leaked), ("misled", misled),
+                            ("blind", blind)):
                 right[name] += int(s[0] > s[1:].max())
     print(f"condition={config.condition} block={config.block} t={args.timestep} "
           f"split={args.split} n={args.n}")

@@ -210,6 +210,11 @@ BAD = {  # case: (arguments, with {tmp} for the test's folder, {plain} for the t
     "base with eta": ([*OK, "--base", "--self-correct", "1"], "cannot go with --self-correct"),
     "eta without dpt": ([*OK, "--self-correct", "1"], "needs DPT weights: pass --dpt PATH"),
     "dpt not a folder": ([*OK, "--dpt", "{tmp}/not-a-model"], "is not a DPT folder"),
+    "device not a device": ([*OK, "--device", "banana"],
+                            "--device 'banana' is not a torch device name"),
+    "device a missing gpu": ([*OK, "--device", "cuda:99"],
+                             r"--device cuda:99: this machine has \d+ CUDA device\(s\) that "
+                             "torch can use"),
 }
 
 
@@ -486,3 +491,24 @@ def test_stale_staging_is_cleaned_and_a_live_process_staging_kept(tiny_model, tm
     (tmp_path / ".out.lock").write_text("12345\n")  # a killed run's lock file: not held
     assert _run(capsys, tiny_model, tmp_path / "out", *OK, "--num-images", "1")[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "out"]
+
+
+def test_bf16_samples_close_to_fp32_and_records_its_dtype(first_run, tiny_model, tiny_dpt,
+                                                          tmp_path, capsys):
+    """--dtype loads the model in that precision (here bf16 on the CPU; fp16 on a GPU), with
+    DPT's LoRA fused and self-correction reading the heads in float32."""
+    code, _ = _run(capsys, tiny_model, tmp_path / "bf16", "--prompt", "a red circle",
+                   "--prompt", "two blue squares", "--num-images", "2", "--seed", "5",
+                   "--batch-size", "3", "--dtype", "bf16")
+    assert code == 0
+    records = [json.loads(x) for x in (tmp_path / "bf16" / "index.jsonl").read_text().splitlines()]
+    assert all(r["dtype"] == "bf16" for r in records)
+    assert "dtype" not in json.loads((first_run / "index.jsonl").read_text().splitlines()[0])
+    for name in ("00000.png", "00003.png"):
+        half = np.asarray(Image.open(tmp_path / "bf16" / name), dtype=float)
+        full = np.asarray(Image.open(first_run / name), dtype=float)
+        assert 0 < np.abs(half - full).mean() < 3  # of 255 (0.54 measured): bf16's rounding, the same picture
+    code, _ = _run(capsys, tiny_model, tmp_path / "sc", "--prompt", "a red circle", "--dtype",
+                   "bf16", "--dpt", str(tiny_dpt), "--self-correct", "1",
+                   "--self-correct-range", "0", "1000", "--num-images", "1")
+    assert code == 0

@@ -68,6 +68,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                           f"(default {SamplerSettings.scheduler})")
     gen.add_argument("--batch-size", type=int, default=SamplerSettings.batch_size, metavar="B",
                      help=f"images denoised together (default {SamplerSettings.batch_size})")
+    gen.add_argument("--device", default=SamplerSettings.device,
+                     help="where the model runs: cpu (default), cuda, cuda:N or mps; the "
+                          "starting noise is drawn on the CPU, so a seed gives the same noise "
+                          "on every device")
+    gen.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=SamplerSettings.dtype,
+                     help="the model's precision (default fp32; fp16 is the usual choice on a "
+                          "GPU; recorded in the index when not fp32)")
     gen.add_argument("--model", type=Path, default=None, metavar="PATH",
                      help="a Stable Diffusion diffusers folder (default: the shipped Shapes model)")
     gen.add_argument("--base", action="store_true",
@@ -120,7 +127,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    sampler = SamplerSettings(args.steps, args.guidance, args.scheduler, args.batch_size)
+    sampler = SamplerSettings(args.steps, args.guidance, args.scheduler, args.batch_size,
+                              args.device, args.dtype)
     check_self_correction(args.self_correct, tuple(args.self_correct_range),
                           args.self_correct_mode, args.self_correct_unit)
     _check_flags(args)

@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from ..data.prompt_text import quote
 from ..data.shapes.grammar import PromptError, parse_prompt
 from ..data.shapes.world import SHAPES
-from ..io.bundle import (ModelBundle, default_model_path, load_bundle, read_scheduler_config,
-                         read_vocabulary)
+from ..io.bundle import (DTYPES, ModelBundle, check_device, default_model_path, load_bundle,
+                         read_scheduler_config, read_vocabulary)
 from ..io.dpt_folder import default_dpt_path, load_for_sampling, read_dpt_config
 from ..io.folder_writer import RESUME_OR_OVERWRITE, open_folder
 from ..io.image_folder import numbered_records, write_png
@@ -78,6 +78,8 @@ class SamplerSettings:
     guidance: float = 7.5     # classifier-free guidance scale; <= 1 turns it off
     scheduler: str = "ddim"   # a key of sampling.SCHEDULERS
     batch_size: int = 8       # images denoised together
+    device: str = "cpu"       # where the model runs (a torch device name)
+    dtype: str = "fp32"       # the model's weights and activations: a key of io.bundle.DTYPES
 
     def __post_init__(self):
         if self.steps <= 0 or self.batch_size <= 0:
@@ -86,6 +88,8 @@ class SamplerSettings:
             raise ValueError(f"{flag} must be a positive whole number, got {value}")
         if not math.isfinite(self.guidance) or self.guidance < 0:
             raise ValueError(f"--guidance must be a finite number >= 0, got {self.guidance}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; expected one of "
                              f"{', '.join(SCHEDULERS)}")
@@ -218,6 +222,8 @@ def load_method(bundle: ModelBundle, spec: MethodSpec, prompts: list[str]) -> Me
     if spec.dpt is None:
         return Method()
     heads, config = load_for_sampling(spec.dpt, bundle.unet)
+    if heads is not None:  # the heads read float32 features on the model's device
+        heads.to(bundle.device)
     if spec.eta is not None and heads is None:
         raise ValueError(f"--self-correct needs an adapter to score with; {spec.dpt} holds "
                          f"LoRA only")
@@ -254,6 +260,8 @@ def plan_images(prompts: list[str], spec: MethodSpec, sampler: SamplerSettings, 
     """
     settings = {"steps": sampler.steps, "guidance": sampler.guidance,
                 "scheduler": sampler.scheduler, "model": str(model), **spec.index_fields()}
+    if sampler.dtype != "fp32":  # other weights make other images; the device does not
+        settings["dtype"] = sampler.dtype
     records = numbered_records(prompts, num_images, seed, settings)
     if benchmark is not None:
         for record in records:
@@ -340,12 +348,14 @@ def generate_folder(run: FolderRun, bundle: ModelBundle | None = None,
     vocabulary = read_vocabulary(run.model) if bundle is None else bundle.vocabulary
     if vocabulary is not None:
         check_vocabulary(run.prompts, vocabulary, run.model)
+    check_device(run.sampler.device, run.sampler.dtype)
     records = run.plan()
     with open_folder(run.out, records, run.sampler.batch_size, overwrite=run.overwrite,
                      resume=run.resume) as folder:
         if before_load is not None:
             before_load(folder.out)
-        bundle = bundle or load_bundle(run.model)
+        bundle = bundle or load_bundle(run.model, run.sampler.device,
+                                       DTYPES[run.sampler.dtype])
         check_lengths(bundle.tokenizer, run.prompts)
         method = load_method(bundle, run.spec, run.prompts)
         if method.subjects is not None:

@@ -30,6 +30,32 @@ EXPECTED = ("expected a Stable Diffusion folder in diffusers layout (model_index
             "vae/, text_encoder/, tokenizer/, unet/ and scheduler/)")
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def check_device(device: str, dtype: str = "fp32", flag: str = "--device") -> torch.device:
+    """The torch device `device` names, checked before a model loads: ValueError naming
+    `flag` for a name torch does not know, a CUDA or MPS device this machine lacks, or a
+    dtype other than DTYPES' keys."""
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    try:
+        where = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{flag} {device!r} is not a torch device name (cpu, cuda, cuda:1, "
+                         f"mps): {err}") from None
+    if where.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (where.index or 0) >= count:
+            raise ValueError(f"{flag} {device}: this machine has {count} CUDA device(s) that "
+                             "torch can use")
+    elif where.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{flag} {device}: MPS is not available on this machine")
+    elif where.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{flag} {device}: expected cpu, cuda[:N] or mps")
+    return where
+
+
 @dataclass
 class ModelBundle:
     """The parts of a latent text-to-image model, loaded and frozen (eval mode, no grad)."""
