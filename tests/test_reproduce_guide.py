@@ -180,7 +180,8 @@ def toy_inputs(root: Path) -> dict[str, str]:
             "CKPT": str(official_checkpoint(model, root / "pytorch_model.bin")),
             "COMPBENCH": str(dataset), "GENEVAL": str(root / "evaluation_metadata.jsonl"),
             "CC500": str(root / "CC-500.txt"), "CLIP": str(tiny_clip(root / "clip")),
-            "COCO": str(root / "coco"), "REFCOCO": str(root / "refcoco")}
+            "COCO": str(root / "coco"), "REFCOCO": str(root / "refcoco"),
+            "DEVICE": "cpu", "DTYPE": "fp32"}
 
 
 def stand_in_for_the_evaluators(runs: list[str]) -> None:
