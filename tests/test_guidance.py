@@ -167,7 +167,7 @@ def test_wrapper_passes_through_outside_its_range_and_at_eta_zero():
                                        torch.zeros(2, 3), eta=0.0, t_range=ALL), 500)):
         out = wrapper(x, torch.tensor(t), torch.zeros(2, 5, 3))
         assert isinstance(out, torch.Tensor) and torch.equal(seen[-1], x) and not wrapper.scores
-    with pytest.raises(ValueError, match="mode must be one of carry, predict-only, x0"):
+    with pytest.raises(ValueError, match="mode must be one of carry, predict-only, x0, shared"):
         SelfCorrection(_recorder(seen), None, torch.zeros(2, 3), eta=1.0, mode="forward")
     with pytest.raises(ValueError, match="unit must be one of raw, noise"):
         SelfCorrection(_recorder(seen), None, torch.zeros(2, 3), eta=1.0, unit="metres")
@@ -213,7 +213,7 @@ def test_self_correction_raises_the_dpt_score_on_every_scheduler(bundle, heads, 
 
     plain = final_score(_run(bundle, name, unet_model_fn(bundle)))
     abar = Noiser(bundle.scheduler_config).alphas_cumprod
-    for mode in ("carry", "predict-only", "x0"):
+    for mode in ("carry", "predict-only", "x0", "shared"):
         wrapper = SelfCorrection(unet_model_fn(bundle), score, texts, eta=200.0, t_range=ALL,
                                  mode=mode, alphas_cumprod=abar)
         corrected = final_score(_run(bundle, name, wrapper))
@@ -280,3 +280,40 @@ def test_self_correction_without_classifier_free_guidance(bundle):
                                                   0.5, t_range=ALL), guidance=1.0)
     assert all(x.shape[0] == 2 for x in seen)  # B latents, no [uncond, cond] doubling
     assert (((carried - plain) * w).flatten(1).sum(1) > 0).all()
+
+
+@pytest.mark.parametrize("condition, read", [("each", 1), ("caption", 1), ("empty", 0)])
+def test_shared_mode_reads_the_score_on_the_guidance_pass_of_its_condition(bundle, heads,
+                                                                           condition, read):
+    """The score and its gradient come from the sampler's own pass of the copy whose text the
+    score reads (conditional for each/caption, unconditional for empty): the same s, the same
+    gradient and the same noise prediction as computed apart, with one U-Net call a copy."""
+    from dpt_t2i.generation.sampling import unet_model_fn
+
+    score = MatchScore(bundle, heads, DPTConfig(block="up0", condition=condition, adapter=SMALL))
+    texts = score.texts(PROMPTS)
+    context = torch.cat([encode_prompts(bundle, ["", ""]), encode_prompts(bundle, PROMPTS)])
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor(400)
+    calls = []
+    handle = bundle.unet.register_forward_pre_hook(lambda m, args: calls.append(len(args[0])))
+    try:
+        wrapper = SelfCorrection(unet_model_fn(bundle), score, texts, eta=3.0, t_range=ALL,
+                                 mode="shared")
+        eps, delta = wrapper(torch.cat([x, x]), t, context)
+    finally:
+        handle.remove()
+    assert calls == [2, 2]  # the copy the score reads (with gradients), then the other
+    with torch.no_grad():
+        plain = unet_model_fn(bundle)(torch.cat([x, x]), t, context)
+    torch.testing.assert_close(eps, plain, rtol=1e-5, atol=1e-5)
+    z = x.clone().requires_grad_(True)
+    if condition == "empty":  # the sampler's unconditional states are the empty prompt's
+        torch.testing.assert_close(context[:2], score.empty_states().expand(2, -1, -1))
+    s = score(z, t, texts)
+    (grad,) = torch.autograd.grad(s.sum(), z)
+    torch.testing.assert_close(wrapper.scores[0], s.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(delta, 3.0 * grad, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="'shared' needs a score that reads"):
+        SelfCorrection(unet_model_fn(bundle), _Linear(torch.ones(4, 8, 8)), texts, eta=1.0,
+                       mode="shared")

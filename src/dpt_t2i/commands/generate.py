@@ -93,7 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="carry: the score reads z_t and later steps continue from the "
                           "corrected latent (default); predict-only: only the conditional "
                           "noise prediction sees it, as the authors' sampler does; x0: the "
-                          "score reads the predicted clean latent and the correction moves it")
+                          "score reads the predicted clean latent and the correction moves it; "
+                          "shared: the score reads the guidance's own pass (no extra forward "
+                          "pass) and the correction moves the latent")
     gen.add_argument("--self-correct-unit", choices=UNITS, default=MethodSpec.sc_unit,
                      help="raw: the step is eta x the score's gradient (default; eq. 9); noise: "
                           "eta x the noise level of z_t along the gradient's direction, the "

@@ -16,6 +16,13 @@ matching score `model.score.MatchScore`, or any callable of the same shape). Thr
   t = 700 on z_t itself), and the correction moves that x0 estimate. No second noise
   prediction: the sampler's one pass at z_t serves the read and the step (the latent moves
   by sqrt(abar_t) * eta * grad, so the step's x0 moves by eta * grad with eps unchanged).
+- "shared": the score is read on the guidance's own pass: the copy whose text condition the
+  score's features are made under (the prompt for a "caption"/"each" DPT model, the empty
+  prompt for an "empty" one) runs once, whole, with gradients, and gives both its noise
+  prediction and s(z_t, y); the gradient flows back only through the U-Net's part below the
+  adapter's block. The latent moves by eta * grad with the noise prediction of the unmoved
+  latent (as in "x0"): one noise prediction a step, no extra forward pass. Needs a score
+  with `with_output` (`model.score.MatchScore`).
 
 The step size eta is in one of two units (`unit`):
 - "raw": delta = eta * grad s (the paper's eq. 9; the right eta depends on the model);
@@ -34,7 +41,7 @@ import torch
 if TYPE_CHECKING:
     from .sampling import ModelFn
 
-MODES = ("carry", "predict-only", "x0")
+MODES = ("carry", "predict-only", "x0", "shared")
 UNITS = ("raw", "noise")
 READ_T = 100  # "x0" mode: the timestep the clean estimate is read at (the score's best)
 # timesteps self-correction applies on by default, measured on the Shapes model
@@ -81,6 +88,9 @@ class SelfCorrection:
         if alphas_cumprod is None and (mode == "x0" or unit == "noise"):
             raise ValueError(f"self-correction mode {mode!r} with unit {unit!r} needs the "
                              "model's alphas_cumprod")
+        if mode == "shared" and not hasattr(score, "with_output"):
+            raise ValueError("self-correction mode 'shared' needs a score that reads the "
+                             "sampler's own pass (a DPT MatchScore)")
         self.model_fn, self.score, self.texts = model_fn, score, texts
         self.eta, self.t_range, self.mode, self.unit = float(eta), t_range, mode, unit
         self.alphas_cumprod = alphas_cumprod
@@ -91,6 +101,8 @@ class SelfCorrection:
         if self.eta == 0 or not low <= float(t) <= high:
             return self.model_fn(x, t, context)
         B = len(self.texts)
+        if self.mode == "shared":
+            return self._shared(x, t, context)
         if self.mode == "x0":
             eps = self.model_fn(x, t, context)
             return eps, self._step(self.x0_gradient(x[-B:], eps[-B:], t), t)
@@ -100,6 +112,26 @@ class SelfCorrection:
         moved = x.clone()  # predict-only: the conditional copy moves, the unconditional not
         moved[-B:] += delta
         return self.model_fn(moved, t, context)
+
+    def _shared(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor):
+        """(eps, delta) with the score read on the sampler's pass of one copy of the latents."""
+        B = len(self.texts)
+        copies = x.shape[0] // B  # 2 with classifier-free guidance: [uncond, cond]
+        reads_prompt = getattr(getattr(self.score, "config", None), "reads_text", True)
+        k = copies - 1 if reads_prompt else 0  # the copy whose condition the score reads
+        rows = slice(k * B, (k + 1) * B)
+        if not reads_prompt and copies == 1:  # no unconditional pass to share
+            grad = self.gradient(x, t)
+            return self.model_fn(x, t, context), self._step(grad, t)
+        with torch.enable_grad():
+            z = x[rows].detach().requires_grad_(True)
+            s, eps_k = self.score.with_output(z, t, self.texts, context[rows])
+            (grad,) = torch.autograd.grad(s.sum(), z)
+        self.scores.append(s.detach())
+        eps = [eps_k.detach().to(x.dtype) if i == k else
+               self.model_fn(x[i * B:(i + 1) * B], t, context[i * B:(i + 1) * B])
+               for i in range(copies)]
+        return torch.cat(eps), self._step(grad, t)
 
     def _abar(self, t) -> torch.Tensor:
         return self.alphas_cumprod[int(t)]

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import DPTConfig
+from .features import tap_with_output
 from .heads import DPTHeads, unet_features
 from .losses import matching_scores
 from .text import EncodedTexts, encode_texts
@@ -124,6 +125,26 @@ class MatchScore:
         """(B,) s(z_b, y_b) of latents (B, C, h, w) against their own B texts; differentiable."""
         match = self.match_embeds(latents, t, self.condition(texts))  # (B, M, D)
         return torch.diagonal(matching_scores(match, texts.embeds.to(match.dtype)))
+
+    def with_output(self, latents: Tensor, t: Tensor | int, texts: MatchTexts,
+                    states: Tensor) -> tuple[Tensor, Tensor]:
+        """(B,) s(z_b, y_b) read under `states` and the U-Net's own prediction (B, C, h, w)
+        from one whole pass: the score read on a sampler's own noise-prediction pass
+        (`generation.guidance`, mode "shared"); differentiable in the latents.
+
+        Args:
+            latents: (B, C, h, w) noisy latents.
+            t: a timestep tensor (scalar or (B,)) or an int.
+            texts: the B texts scored.
+            states: (B, L, D) the pass's text condition (the sampler's context for these
+                rows), which must be what `condition(texts)` means for this config.
+        """
+        t = _timesteps(t, len(latents), latents.device)
+        features, output = tap_with_output(self.unet, self.config.block,
+                                           latents.to(self.unet.dtype), t,
+                                           states.to(self.unet.dtype))
+        match = self.heads(features.float(), t.reshape(-1).expand(len(latents)))["match_embeds"]
+        return torch.diagonal(matching_scores(match, texts.embeds.to(match.dtype))), output
 
     @torch.no_grad()
     def pair_scores(self, latents: Tensor, timestep: int, texts: Sequence[str],
