@@ -2,7 +2,7 @@
 
 `SelfCorrection` wraps a sampler's `model_fn` the way k-diffusion's `cond_fn` wraps a
 denoiser: it moves the model's input along the gradient of a score s(x, y) (the DPT
-matching score `model.score.MatchScore`, or any callable of the same shape). Three modes:
+matching score `model.score.MatchScore`, or any callable of the same shape). Four modes:
 
 - "carry" (the default here): the score is read on the noisy latent z_t, the whole latent
   (both classifier-free guidance copies) moves, and the sampler continues from the corrected
@@ -12,7 +12,7 @@ matching score `model.score.MatchScore`, or any callable of the same shape). Thr
   the scheduler steps from the uncorrected one;
 - "x0": the score is read on the sampler's own prediction of the clean latent,
   x0 = (z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) from the conditional prediction, noised
-  back to `read_t` with that same eps (where the score sees well: ITM is near chance at
+  back to READ_T with that same eps (where the score sees well: ITM is near chance at
   t = 700 on z_t itself), and the correction moves that x0 estimate. No second noise
   prediction: the sampler's one pass at z_t serves the read and the step (the latent moves
   by sqrt(abar_t) * eta * grad, so the step's x0 moves by eta * grad with eps unchanged).
@@ -64,7 +64,7 @@ class SelfCorrection:
             `texts(prompts)`); its len() is B.
         eta: step size (in `unit`); 0 disables the correction.
         t_range: (low, high) timesteps on which to correct, inclusive; others pass through.
-        mode: "carry", "predict-only" or "x0" (see the module docstring).
+        mode: "carry", "predict-only", "x0" or "shared" (see the module docstring).
         unit: "raw" or "noise" (see the module docstring).
         alphas_cumprod: (T,) abar_t of the model's schedule (`latents.Noiser.alphas_cumprod`);
             needed by mode "x0" and unit "noise".
@@ -72,8 +72,8 @@ class SelfCorrection:
     A call takes the sampler's B latents (2B with classifier-free guidance: [uncond, cond]
     copies of the same B, in model-input units: scale_model_input(z_t) =
     sqrt(abar_t) x0 + sqrt(1 - abar_t) eps for every scheduler the sampler offers) and returns
-    eps; in "carry" and "x0" modes, on a corrected step, it returns (eps, delta) with the
-    (B, C, h, w) correction it applied, for the sampler to keep.
+    eps; in "carry", "x0" and "shared" modes, on a corrected step, it returns (eps, delta)
+    with the (B, C, h, w) correction it applied, for the sampler to keep.
     """
 
     def __init__(self, model_fn: ModelFn, score: Score, texts: Any, eta: float,
