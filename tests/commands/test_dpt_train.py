@@ -18,7 +18,11 @@ def test_probe_tune_evaluate_on_a_tiny_model(tiny_model, tmp_path, capsys):
     assert (tmp_path / "p" / "final" / "dpt_config.json").is_file()
     assert dpt("tune", "--run-dir", tmp_path / "t", "--init", tmp_path / "p" / "final",
                "--lora-targets", "all", "--mse-weight", 0.5, *common) == 0
+    probe = json.loads((tmp_path / "p" / "final" / "dpt_config.json").read_text())
+    assert probe["condition"] == "each"  # the default: it measures better (docs)
+    assert probe["training"]["settings"]["batch_negatives"] == 3
     config = json.loads((tmp_path / "t" / "final" / "dpt_config.json").read_text())
+    assert config["condition"] == "each"  # stage 2 keeps stage 1's condition
     assert config["lora"] == {"rank": 4, "alpha": 4.0, "targets": "all"}
     assert config["training"]["stage"] == "tune"
     capsys.readouterr()

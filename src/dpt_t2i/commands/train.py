@@ -24,7 +24,7 @@ from ..data.sources import ShapesSource
 from ..io.bundle import load_bundle
 from ..io.dpt_folder import load_dpt
 from ..model.adapter import MATCH_TEXTS, AdapterConfig
-from ..model.config import CONDITIONS, GROUND_CONDITIONS, DPTConfig
+from ..model.config import CONDITIONS, GROUND_CONDITIONS, PROBE_CONDITION, DPTConfig
 from ..model.features import block_channels, block_names
 from ..model.lora import TARGETS, LoraSettings
 from ..training.loop import train_dpt
@@ -74,10 +74,11 @@ def _adapter_arguments(p: argparse.ArgumentParser) -> None:
     config, adapter = DPTConfig, AdapterConfig  # their fields' defaults
     p.add_argument("--block", default=config.block, metavar="NAME",
                    help=f"U-Net block to read: down0.., mid, up0.. (default {config.block})")
-    p.add_argument("--condition", choices=CONDITIONS, default=config.condition,
+    p.add_argument("--condition", choices=CONDITIONS, default=PROBE_CONDITION,
                    help="text the U-Net sees when it makes the matching features: empty, "
                    "the true caption for every candidate (caption), or each candidate's own "
-                   f"text (each; a U-Net pass per candidate) (default {config.condition})")
+                   f"text (each; a U-Net pass per candidate) (default {PROBE_CONDITION}: it "
+                   "measures better, docs/dpt-shapes.md)")
     p.add_argument("--ground-condition", choices=GROUND_CONDITIONS,
                    default=config.ground_condition, help="text the U-Net sees when it makes "
                    f"the grounding features (default {config.ground_condition}: the referring "
