@@ -33,6 +33,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from test_official_adapter import official_lora_state
 
 from dpt_t2i.cli import build_parser, main
 from dpt_t2i.io.bundle import default_model_path
@@ -92,19 +93,6 @@ def _tiny_unet(model: Path):
     return UNet2DConditionModel.from_pretrained(model, subfolder="unet")
 
 
-def _official_lora(unet) -> dict[str, torch.Tensor]:
-    """LoRA in the authors' layout (`io/interchange.py`) on every attention layer, rank 2."""
-    state = {}
-    for name, module in unet.named_modules():
-        if name.endswith(("attn1", "attn2")):
-            for proj, linear in (("to_q_lora", module.to_q), ("to_k_lora", module.to_k),
-                                 ("to_v_lora", module.to_v), ("to_out_lora", module.to_out[0])):
-                prefix = f"unet.{name}.processor.{proj}"
-                state[f"{prefix}.down.weight"] = torch.zeros(2, linear.in_features)
-                state[f"{prefix}.up.weight"] = torch.zeros(linear.out_features, 2)
-    return state
-
-
 def _input_files(folder: Path, dpt: Path, clean: Path, unet) -> dict[str, str]:
     """Files and folders of every kind the commands might be given: {name: path}."""
     folder.mkdir()
@@ -124,7 +112,7 @@ def _input_files(folder: Path, dpt: Path, clean: Path, unet) -> dict[str, str]:
     torch.save({"not.a.lora": torch.zeros(2)}, folder / "tensors.bin")
     torch.save([1, 2, 3], folder / "list.bin")
     (folder / "captions.json").write_text('{"images": [], "annotations": []}')
-    torch.save(_official_lora(unet), folder / "official.bin")
+    torch.save(official_lora_state(unet, rank=2, scale=0.0), folder / "official.bin")
     (folder / "official-truncated.bin").write_bytes((folder / "official.bin").read_bytes()[:999])
     list_config = folder / "dpt-list-config"
     shutil.copytree(dpt, list_config)

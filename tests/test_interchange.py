@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from test_official_adapter import official_adapter_state
+from test_official_adapter import official_adapter_state, official_lora_state
 
 from dpt_t2i.cli import main
 from dpt_t2i.io.bundle import load_bundle
@@ -55,18 +55,9 @@ def test_stage_one_folders_have_nothing_to_export(tmp_path):
 
 def _official_state(unet, rank=3, seed=0):
     """A state dict in the authors' layout for `unet`: LoRA on every attention layer + adapter."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, module in unet.named_modules():
-        if not name.endswith(("attn1", "attn2")):
-            continue
-        for proj, linear in (("to_q_lora", module.to_q), ("to_k_lora", module.to_k),
-                             ("to_v_lora", module.to_v), ("to_out_lora", module.to_out[0])):
-            prefix = f"unet.{name}.processor.{proj}"
-            state[f"{prefix}.down.weight"] = torch.randn(rank, linear.in_features, generator=g)
-            state[f"{prefix}.up.weight"] = torch.randn(linear.out_features, rank, generator=g)
     # the tiny U-Net's up1 has 32 channels and its text encoder is 32 wide
-    return {**state, **official_adapter_state(seed, feature_dim=32, clip_dim=32)}
+    return {**official_lora_state(unet, rank, seed),
+            **official_adapter_state(seed, feature_dim=32, clip_dim=32)}
 
 
 def test_official_layout_becomes_peft_lora_with_the_same_effect(tiny_model, tmp_path):

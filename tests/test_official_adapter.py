@@ -15,6 +15,24 @@ def tiny_official(seed=0, feature_dim=32, clip_dim=32):
                          clip_dim=clip_dim, time_dim=40).eval()
 
 
+def official_lora_state(unet, rank=3, seed=0, scale=1.0):
+    """LoRA in the authors' release layout (`io/interchange.py`) on every attention layer of
+    `unet`: `unet.<module>.processor.to_{q,k,v,out}_lora.{down,up}.weight`, scale x N(0, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in unet.named_modules():
+        if not name.endswith(("attn1", "attn2")):
+            continue
+        for proj, linear in (("to_q_lora", module.to_q), ("to_k_lora", module.to_k),
+                             ("to_v_lora", module.to_v), ("to_out_lora", module.to_out[0])):
+            prefix = f"unet.{name}.processor.{proj}"
+            state[f"{prefix}.down.weight"] = scale * torch.randn(rank, linear.in_features,
+                                                                 generator=g)
+            state[f"{prefix}.up.weight"] = scale * torch.randn(linear.out_features, rank,
+                                                               generator=g)
+    return state
+
+
 def official_adapter_state(seed=0, feature_dim=32, clip_dim=32):
     """Its state dict plus the heads the release saves and the matching path does not read."""
     g = torch.Generator().manual_seed(seed)

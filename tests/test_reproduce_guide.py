@@ -17,7 +17,7 @@ import torch
 from data.test_coco import write_coco_captions
 from data.test_real import write_images
 from data.test_refcoco import write_refcoco
-from test_official_adapter import official_adapter_state
+from test_official_adapter import official_adapter_state, official_lora_state
 
 from dpt_t2i.cli import main
 from dpt_t2i.data.compbench_results import RESULT_FILES
@@ -125,17 +125,7 @@ def official_checkpoint(model: Path, path: Path) -> Path:
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
-    g = torch.Generator().manual_seed(0)
-    state = {}
-    for name, module in unet.named_modules():
-        if name.endswith(("attn1", "attn2")):
-            for proj, linear in (("to_q_lora", module.to_q), ("to_k_lora", module.to_k),
-                                 ("to_v_lora", module.to_v), ("to_out_lora", module.to_out[0])):
-                prefix = f"unet.{name}.processor.{proj}"
-                state[f"{prefix}.down.weight"] = 0.05 * torch.randn(4, linear.in_features,
-                                                                    generator=g)
-                state[f"{prefix}.up.weight"] = 0.05 * torch.randn(linear.out_features, 4,
-                                                                  generator=g)
+    state = official_lora_state(unet, rank=4, scale=0.05)
     torch.save({**state, **official_adapter_state(0, feature_dim=32, clip_dim=32)}, path)
     return path
 
