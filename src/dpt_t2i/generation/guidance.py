@@ -54,6 +54,16 @@ DEFAULT_T_RANGE = (300.0, 700.0)
 Score = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
 
+def check_mode(mode: str, unit: str) -> None:
+    """ValueError for a mode or unit that is not one of MODES / UNITS."""
+    if mode not in MODES:
+        raise ValueError(f"self-correction mode must be one of {', '.join(MODES)}, "
+                         f"got {mode!r}")
+    if unit not in UNITS:
+        raise ValueError(f"self-correction unit must be one of {', '.join(UNITS)}, "
+                         f"got {unit!r}")
+
+
 class SelfCorrection:
     """A `model_fn` that moves its input by eta * grad s(x, y) before predicting noise.
 
@@ -79,12 +89,7 @@ class SelfCorrection:
     def __init__(self, model_fn: ModelFn, score: Score, texts: Any, eta: float,
                  t_range: tuple[float, float] = DEFAULT_T_RANGE, mode: str = "carry",
                  unit: str = "raw", alphas_cumprod: torch.Tensor | None = None):
-        if mode not in MODES:
-            raise ValueError(f"self-correction mode must be one of {', '.join(MODES)}, "
-                             f"got {mode!r}")
-        if unit not in UNITS:
-            raise ValueError(f"self-correction unit must be one of {', '.join(UNITS)}, "
-                             f"got {unit!r}")
+        check_mode(mode, unit)
         if alphas_cumprod is None and (mode == "x0" or unit == "noise"):
             raise ValueError(f"self-correction mode {mode!r} with unit {unit!r} needs the "
                              "model's alphas_cumprod")

@@ -38,7 +38,7 @@ from ..io.image_folder import numbered_records, write_png
 from ..model.latents import Noiser
 from ..model.score import MatchScore
 from .attend_excite import build_pipeline, sample_attend_excite, subject_words, token_indices
-from .guidance import DEFAULT_T_RANGE, MODES, UNITS, SelfCorrection
+from .guidance import DEFAULT_T_RANGE, SelfCorrection, check_mode
 from .referee import SHAPES_SETTINGS, RefereeSettings
 from .sampling import (SCHEDULERS, check_seeds, check_steps, decode, encode_prompts,
                        image_generators, initial_latents, make_scheduler, sample, unet_model_fn)
@@ -140,12 +140,7 @@ def check_self_correction(eta: float | None, sc_range: tuple[float, float], mode
     low, high = sc_range
     if not (math.isfinite(low) and math.isfinite(high) and low <= high):
         raise ValueError(f"--self-correct-range needs finite LOW <= HIGH, got {low} {high}")
-    if mode not in MODES:
-        raise ValueError(f"self-correction mode must be one of {', '.join(MODES)}, "
-                         f"got {mode!r}")
-    if unit not in UNITS:
-        raise ValueError(f"self-correction unit must be one of {', '.join(UNITS)}, "
-                         f"got {unit!r}")
+    check_mode(mode, unit)
 
 
 def shipped_dpt(model: Path) -> Path | None:
