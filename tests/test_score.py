@@ -212,8 +212,8 @@ def test_training_under_each_scores_every_candidate_as_the_score_does(bundle, he
                                      need_caption_states=False)
     generator = torch.Generator().manual_seed(0)
     t = torch.tensor([100, 300, 600])
-    inputs["noise"] = torch.randn(latents.shape, generator=generator)
-    noisy = Noiser(bundle.scheduler_config).add(latents, t, inputs["noise"])
+    noise = torch.randn(latents.shape, generator=generator)
+    noisy = Noiser(bundle.scheduler_config).add(latents, t, noise)
     seen = {}
     real = heads.matching.candidates
 

@@ -77,10 +77,11 @@ class DiffusionITMScorer:
             noise = noises[k].expand_as(latents).to(latents.device)
             t = torch.full((len(latents),), step, device=latents.device)
             noisy = self.noiser.add(latents, t, noise)
+            target = self.noiser.target(latents, noise, t).float()  # epsilon, v or z_0
             for i in range(0, len(latents), CHUNK):
                 sl = slice(i, i + CHUNK)
-                eps = unet(noisy[sl].to(unet.dtype), t[sl], states[sl].to(unet.dtype)).sample
-                total[sl] += ((eps.float() - noise[sl]) ** 2).mean((1, 2, 3)).cpu()
+                out = unet(noisy[sl].to(unet.dtype), t[sl], states[sl].to(unet.dtype)).sample
+                total[sl] += ((out.float() - target[sl]) ** 2).mean((1, 2, 3)).cpu()
         return total / len(self.timesteps)
 
     @torch.no_grad()

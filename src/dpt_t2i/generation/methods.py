@@ -202,10 +202,13 @@ class Method:
         """The batch's noise prediction: None (the plain U-Net) unless self-correcting."""
         if self.heads is None or self.eta == 0:
             return None
+        noiser = Noiser(bundle.scheduler_config)
+        if self.mode == "x0" and noiser.prediction_type != "epsilon":
+            raise ValueError(f"--self-correct-mode x0 reads the U-Net's output as the noise; "
+                             f"this model predicts {noiser.prediction_type} (use carry or shared)")
         score = MatchScore(bundle, self.heads, self.config, early_exit=self.early_exit)
         return SelfCorrection(unet_model_fn(bundle), score, score.texts(prompts), self.eta,
-                              self.t_range, self.mode, self.unit,
-                              Noiser(bundle.scheduler_config).alphas_cumprod)
+                              self.t_range, self.mode, self.unit, noiser.alphas_cumprod)
 
 
 def load_method(bundle: ModelBundle, spec: MethodSpec, prompts: list[str]) -> Method:

@@ -80,6 +80,27 @@ class Noiser:
             timesteps = torch.full((len(latents),), timesteps, device=latents.device)
         return self.scheduler.add_noise(latents, noise, timesteps)
 
+    @property
+    def prediction_type(self) -> str:
+        """What the model predicts: "epsilon" (the noise), "v_prediction" or "sample"."""
+        return self.scheduler.config.prediction_type
+
+    def target(self, latents: Tensor, noise: Tensor, timesteps: Tensor | int) -> Tensor:
+        """What the U-Net is trained to output for z_t = add(latents, timesteps, noise): the
+        noise, the velocity sqrt(abar_t) eps - sqrt(1 - abar_t) z_0 (SD-2.1 768's
+        v-prediction), or z_0, as the scheduler config's `prediction_type` says."""
+        kind = self.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "sample":
+            return latents
+        if kind == "v_prediction":
+            if not torch.is_tensor(timesteps):
+                timesteps = torch.full((len(latents),), timesteps, device=latents.device)
+            return self.scheduler.get_velocity(latents, noise, timesteps)
+        raise ValueError(f"the scheduler config's prediction_type {kind!r} is not one of "
+                         "epsilon, v_prediction, sample")
+
     def __call__(self, latents: Tensor, timestep: Tensor | int,
                  generator: torch.Generator) -> Tensor:
         """z_t of latents (N, C, h, w) with fresh noise from `generator`."""

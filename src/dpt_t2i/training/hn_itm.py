@@ -26,7 +26,7 @@ class HNITMObjective(nn.Module):
         states = torch.cat([inputs["caption_states"], inputs["negative_tokens"][:, 0]])
         eps = self.unet(torch.cat([noisy, noisy]), torch.cat([t, t]), states).sample.float()
         pos, neg = eps.chunk(2)
-        mse = F.mse_loss(pos, inputs["noise"])
-        mse_neg = F.mse_loss(neg, inputs["noise"])
+        mse = F.mse_loss(pos, inputs["target"])
+        mse_neg = F.mse_loss(neg, inputs["target"])
         loss = mse - self.weight * torch.clamp(mse_neg, max=self.clip * float(mse.detach()))
         return {"mse": mse, "mse_neg": mse_neg, "loss": loss}

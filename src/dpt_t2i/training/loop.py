@@ -199,7 +199,7 @@ def _optimizer_step(accelerator, objective, optimizer, parts: FrozenParts, sourc
         t = torch.randint(settings.t_min, settings.t_max, (len(samples),), generator=gen)
         t = t.to(latents.device)
         noisy = parts.noiser.add(latents, t, noise)
-        inputs["noise"] = noise
+        inputs["target"] = parts.noiser.target(latents, noise, t)  # epsilon, v or z_0
         with accelerator.accumulate(objective):
             losses = objective(noisy, t, inputs)
             accelerator.backward(losses["loss"])

@@ -65,12 +65,12 @@ class DPTObjective(nn.Module):
             if self.weights["mse"] > 0 and self.config.condition == "caption":
                 feats, eps = tap_with_output(self.unet, self.config.block, noisy, t,
                                              inputs["states"])
-                losses["mse"] = F.mse_loss(eps.float(), inputs["noise"])
+                losses["mse"] = F.mse_loss(eps.float(), inputs["target"])
             else:
                 feats = unet_features(self.unet, self.config, noisy, t, inputs["states"])
                 if self.weights["mse"] > 0:  # a separate caption-conditioned pass
                     eps = self.unet(noisy, t, inputs["caption_states"]).sample
-                    losses["mse"] = F.mse_loss(eps.float(), inputs["noise"])
+                    losses["mse"] = F.mse_loss(eps.float(), inputs["target"])
         out = self.heads(feats, t)
         losses["match"] = self.heads.matching(out["match_embeds"], *self._match_texts(inputs))
         return out, feats
@@ -97,7 +97,7 @@ class DPTObjective(nn.Module):
         with self._unet_grad():
             if self.weights["mse"] > 0:
                 first, eps = tap_with_output(self.unet, self.config.block, noisy, t, tokens)
-                losses["mse"] = F.mse_loss(eps.float(), inputs["noise"])
+                losses["mse"] = F.mse_loss(eps.float(), inputs["target"])
             else:
                 first = unet_features(self.unet, self.config, noisy, t, tokens)
             rest = unet_features(self.unet, self.config, noisy.repeat_interleave(c - 1, 0),
