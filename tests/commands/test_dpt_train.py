@@ -169,7 +169,7 @@ def test_hn_itm_objective_is_the_clipped_hinge():
             return type("Out", (), {"sample": out})()
 
     noise = torch.full((2, 4, 2, 2), 0.5)
-    inputs = {"noise": noise, "caption_states": torch.zeros(2, 3, 8),
+    inputs = {"target": noise, "caption_states": torch.zeros(2, 3, 8),
               "negative_tokens": torch.ones(2, 2, 3, 8)}
     for clip, expected in ((1.0, 0.25 - 0.25), (0.5, 0.25 - 0.125), (10.0, 0.25 - 0.25)):
         losses = HNITMObjective(FixedUNet(), TrainSettings(stage="hn-itm", hn_clip=clip))(
