@@ -122,7 +122,7 @@ class SelfCorrection:
         """(eps, delta) with the score read on the sampler's pass of one copy of the latents."""
         B = len(self.texts)
         copies = x.shape[0] // B  # 2 with classifier-free guidance: [uncond, cond]
-        reads_prompt = getattr(getattr(self.score, "config", None), "reads_text", True)
+        reads_prompt = self.score.config.reads_text  # a MatchScore: it has with_output
         k = copies - 1 if reads_prompt else 0  # the copy whose condition the score reads
         rows = slice(k * B, (k + 1) * B)
         if not reads_prompt and copies == 1:  # no unconditional pass to share

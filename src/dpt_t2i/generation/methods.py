@@ -346,7 +346,7 @@ def generate_folder(run: FolderRun, bundle: ModelBundle | None = None,
     vocabulary = read_vocabulary(run.model) if bundle is None else bundle.vocabulary
     if vocabulary is not None:
         check_vocabulary(run.prompts, vocabulary, run.model)
-    check_device(run.sampler.device, run.sampler.dtype)
+    check_device(run.sampler.device)  # the dtype: SamplerSettings
     records = run.plan()
     with open_folder(run.out, records, run.sampler.batch_size, overwrite=run.overwrite,
                      resume=run.resume) as folder:

@@ -33,12 +33,9 @@ EXPECTED = ("expected a Stable Diffusion folder in diffusers layout (model_index
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def check_device(device: str, dtype: str = "fp32", flag: str = "--device") -> torch.device:
+def check_device(device: str, flag: str = "--device") -> torch.device:
     """The torch device `device` names, checked before a model loads: ValueError naming
-    `flag` for a name torch does not know, a CUDA or MPS device this machine lacks, or a
-    dtype other than DTYPES' keys."""
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    `flag` for a name torch does not know or a CUDA or MPS device this machine lacks."""
     try:
         where = torch.device(device)
     except (RuntimeError, TypeError) as err:

@@ -76,9 +76,7 @@ class Noiser:
         Args:
             timesteps: (N,) per latent, or one int for all.
         """
-        if not torch.is_tensor(timesteps):
-            timesteps = torch.full((len(latents),), timesteps, device=latents.device)
-        return self.scheduler.add_noise(latents, noise, timesteps)
+        return self.scheduler.add_noise(latents, noise, _per_latent(timesteps, latents))
 
     @property
     def prediction_type(self) -> str:
@@ -95,9 +93,7 @@ class Noiser:
         if kind == "sample":
             return latents
         if kind == "v_prediction":
-            if not torch.is_tensor(timesteps):
-                timesteps = torch.full((len(latents),), timesteps, device=latents.device)
-            return self.scheduler.get_velocity(latents, noise, timesteps)
+            return self.scheduler.get_velocity(latents, noise, _per_latent(timesteps, latents))
         raise ValueError(f"the scheduler config's prediction_type {kind!r} is not one of "
                          "epsilon, v_prediction, sample")
 
@@ -105,3 +101,10 @@ class Noiser:
                  generator: torch.Generator) -> Tensor:
         """z_t of latents (N, C, h, w) with fresh noise from `generator`."""
         return self.add(latents, timestep, self.noise_like(latents, generator))
+
+
+def _per_latent(timesteps: Tensor | int, latents: Tensor) -> Tensor:
+    """(N,) timesteps: the tensor given, or one int for every latent."""
+    if torch.is_tensor(timesteps):
+        return timesteps
+    return torch.full((len(latents),), timesteps, device=latents.device)
