@@ -151,7 +151,7 @@ def test_hn_itm_tuning_writes_a_lora_only_folder_that_generates(tiny_model, tmp_
     assert dpt("generate", "--model", tiny_model, "--dpt", run / "final", "--prompt",
                "a red circle", "--num-images", 1, "--steps", 2, "--out", tmp_path / "g") == 0
     assert dpt("generate", "--model", tiny_model, "--dpt", run / "final", "--prompt",
-               "a red circle", "--self-correct", 5, "--out", tmp_path / "g2") == 2
+               "a red circle", "--self-correct", "--out", tmp_path / "g2") == 2
     assert "LoRA only" in capsys.readouterr().err
 
 
@@ -180,3 +180,26 @@ def test_hn_itm_objective_is_the_clipped_hinge():
     losses = HNITMObjective(FixedUNet(), TrainSettings(stage="hn-itm", hn_weight=2.0))(
         noise, torch.zeros(2, dtype=torch.long), inputs)
     assert abs(float(losses["loss"]) - (0.25 - 2.0 * 0.25)) < 1e-7
+
+
+def test_run_config_records_the_world_size_and_a_resume_must_keep_it(tiny_model, tmp_path,
+                                                                      capsys):
+    run = tmp_path / "p"
+    args = ["probe", "--run-dir", run, "--model", tiny_model, "--block", "up0", "--d-model", 32,
+            "--steps", 1, "--batch", 2, "--grad-accum", 3]
+    assert dpt(*args) == 0
+    record = json.loads((run / "run_config.json").read_text())
+    assert (record["world_size"], record["global_batch"]) == (1, 6)
+    assert (record["settings"]["batch"], record["settings"]["grad_accum"]) == (2, 3)
+    record["world_size"] = 4
+    (run / "run_config.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert dpt(*args) == 2
+    err = capsys.readouterr().err
+    assert err == (f"dpt probe: error: {run} was trained on 4 process(es) and this launch has "
+                   "1: a resumed run must keep the world size (each process draws its own "
+                   "samples); launch 4 process(es), or start over with --resume no\n")
+    del record["world_size"], record["settings"]["n_negatives"]  # an older record: 1, 3
+    (run / "run_config.json").write_text(json.dumps(record))
+    assert dpt(*args) == 0
+    assert json.loads((run / "run_config.json").read_text())["world_size"] == 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from ..data.coco import read_coco_captions
@@ -28,6 +28,7 @@ from ..model.config import CONDITIONS, GROUND_CONDITIONS, PROBE_CONDITION, DPTCo
 from ..model.features import block_channels, block_names
 from ..model.lora import TARGETS, LoraSettings
 from ..training.loop import train_dpt
+from ..training.run_record import check_world_size, recorded_world_size, write_json
 from ..training.settings import STAGE_DEFAULTS, TrainSettings
 from .model_args import (add_model_argument, add_threads_argument, model_folder, quiet_loading,
                          set_threads, settings_from_args)
@@ -267,19 +268,48 @@ def _source(args: argparse.Namespace, bundle, settings):
 
 
 def _check_run_folder(run_dir: Path, model: Path, config, settings, resume: bool) -> None:
-    """Record what the run is; a resumed run must be the same run."""
+    """Record what the run is; a resumed run must be the same run on as many processes.
+
+    Every process reads the old record before the main process writes the new one, so a
+    refusal is the same on all of them.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    world = state.num_processes
     record = {"model": str(model), "dpt": config.to_dict(),
-              "settings": {k: v for k, v in asdict(settings).items()
-                           if k not in ("checkpoint_every", "keep_checkpoints", "log_with")}}
+              "settings": {k: v for k, v in asdict(settings).items() if k not in _UNRECORDED},
+              "world_size": world,
+              "global_batch": settings.batch * settings.grad_accum * world}
     file = Path(run_dir) / "run_config.json"
     if resume and file.is_file():
         old = json.loads(file.read_text())
-        diff = [k for k in ("model", "dpt", "settings") if old.get(k) != record[k]]
-        if diff:
-            keys = [f"{k}.{kk}" for k in diff
-                    for kk in (record[k] if isinstance(record[k], dict) else [""])
-                    if not isinstance(record[k], dict) or old.get(k, {}).get(kk) != record[k][kk]]
+        check_world_size(run_dir, recorded_world_size(old), world)
+        keys = _differing(old, record)
+        if keys:
             raise ValueError(f"{run_dir} holds a different run ({', '.join(keys)} differ); "
                              "use another --run-dir or --resume no to start over")
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    file.write_text(json.dumps(record, indent=1))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        write_json(file, record)
+
+
+# settings a run may change on resume, and settings run_config.json leaves out
+_UNRECORDED = ("checkpoint_every", "keep_checkpoints", "log_with")
+_RESUMABLE = _UNRECORDED
+
+
+def _differing(old: dict, record: dict) -> list[str]:
+    """The keys of `record` whose values differ in `old` (`settings.batch`, `model`).
+
+    A setting an older record lacks counts as its default: the code that wrote the record
+    had it fixed at that value (gradient clipping at 1.0, say).
+    """
+    keys = ["model"] if old.get("model") != record["model"] else []
+    old_dpt = old.get("dpt") or {}
+    keys += [f"dpt.{k}" for k, v in record["dpt"].items() if old_dpt.get(k) != v]
+    defaults = {f.name: f.default for f in fields(TrainSettings)}
+    old_settings = old.get("settings", {})
+    return keys + [f"settings.{k}" for k, v in record["settings"].items()
+                   if k not in _RESUMABLE and old_settings.get(k, defaults[k]) != v]

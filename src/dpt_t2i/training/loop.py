@@ -35,6 +35,7 @@ from ..model.lora import LoraWeights, add_lora
 from .hn_itm import HNITMObjective
 from .inputs import FrozenParts, frozen_parts, prepare_inputs
 from .objective import DPTObjective
+from .run_record import check_world_size, recorded_world_size
 from .schedule import cosine_lr
 from .settings import TrainSettings
 
@@ -63,6 +64,8 @@ def train_dpt(run_dir: Path, bundle, source: SampleSource, config: DPTConfig,
     resumed = resume_run(run_dir, run.modules, {"optimizer": run.optimizer}, resume)
     start, wall, run.run_id = resumed.step, resumed.state.get("wall_s", 0.0), resumed.run_id
     accelerator = run.accelerator
+    if start:
+        check_world_size(run_dir, recorded_world_size(resumed.state), accelerator.num_processes)
     if accelerator.is_main_process:
         if resumed.message:
             print(resumed.message, file=sys.stderr, flush=True)
@@ -175,11 +178,17 @@ def _train_loop(run: _Run, source: SampleSource, config: DPTConfig, settings: Tr
             accelerator.wait_for_everyone()
             if main:
                 save_checkpoint(run.run_dir, done, run.modules, {"optimizer": run.optimizer},
-                                {"wall_s": wall + time.time() - t0},
+                                {"wall_s": wall + time.time() - t0, **_shape(run, settings)},
                                 keep=settings.keep_checkpoints, run_id=run.run_id)
     if log is not None:
         log.close()
     return recent
+
+
+def _shape(run: _Run, settings: TrainSettings) -> dict:
+    """What a checkpoint records of the run's shape: a resume must keep the world size."""
+    return {"world_size": run.accelerator.num_processes, "batch": settings.batch,
+            "grad_accum": settings.grad_accum}
 
 
 def _optimizer_step(accelerator, objective, optimizer, parts: FrozenParts, source: SampleSource,
