@@ -2,11 +2,16 @@
 `--steps` changed on resume, and what log.jsonl records."""
 
 import json
+import math
+import shutil
 
 import pytest
+from shapes_model.resume import assert_identical
 from test_train import probe_config, run, settings
 
 from dpt_t2i.io.bundle import default_model_path
+from dpt_t2i.training import loop as loop_module
+from dpt_t2i.training.schedule import cosine_lr, extended_lr
 
 
 @pytest.fixture
@@ -34,3 +39,79 @@ def test_checkpoints_record_the_world_size_and_a_resume_must_keep_it(shipped, tm
     del state["world_size"]  # a checkpoint from before the world size was recorded: 1
     _state(folder, 2).write_text(json.dumps(state))
     assert run(shipped, folder, probe_config(), settings(steps=4))["steps_this_run"] == 2
+
+
+
+def _spy_rates(monkeypatch) -> list[tuple[int, float]]:
+    """Record (step, learning rate of the first group) of every optimizer step taken."""
+    real, seen = loop_module._optimizer_step, []
+
+    def spy(*args):
+        seen.append((args[-1], args[2].param_groups[0]["lr"]))
+        return real(*args)
+
+    monkeypatch.setattr(loop_module, "_optimizer_step", spy)
+    return seen
+
+
+def test_steps_raised_on_resume_train_on_at_the_floor_deterministically(shipped, tmp_path,
+                                                                        monkeypatch):
+    for name in ("a", "b"):  # twice: 4 steps, then raised to 8
+        run(shipped, tmp_path / name, probe_config(), settings(steps=4))
+        seen = _spy_rates(monkeypatch)
+        summary = run(shipped, tmp_path / name, probe_config(), settings(steps=8))
+        monkeypatch.undo()
+        assert summary["steps"] == 8 and summary["steps_this_run"] == 4
+        assert summary["extended"] == [{"at_step": 4, "from": 4, "to": 8}]
+        # the run had decayed to the floor (0.1 x 1e-3) by step 4: the added steps stay there
+        assert seen == [(s, pytest.approx(1e-4)) for s in (4, 5, 6, 7)]
+    assert_identical(tmp_path / "a" / "final", tmp_path / "b" / "final")
+    assert_identical(tmp_path / "a" / "step-00000008", tmp_path / "b" / "step-00000008")
+    state = json.loads(_state(tmp_path / "a", 8).read_text())
+    assert state["steps"] == 8 and state["extended"] == summary["extended"]
+    final = json.loads((tmp_path / "a" / "final" / "dpt_config.json").read_text())
+    assert final["training"]["steps"] == 8 and final["training"]["extended"] == state["extended"]
+    with pytest.raises(ValueError, match=f"--steps 6 is below step 8, where {tmp_path / 'a'} "
+                       "resumes; give --steps >= 8, or start over with --resume no"):
+        run(shipped, tmp_path / "a", probe_config(), settings(steps=6))
+
+
+def test_steps_raised_in_mid_decay_continue_from_the_rate_reached(shipped, tmp_path,
+                                                                   monkeypatch):
+    reference, folder = tmp_path / "reference", tmp_path / "run"
+    run(shipped, reference, probe_config(), settings(steps=4))
+    shutil.rmtree(reference / "step-00000004")  # as if killed after step 2's checkpoint
+    shutil.copytree(reference, folder)
+    seen = _spy_rates(monkeypatch)
+    run(shipped, reference, probe_config(), settings(steps=8))
+    top = cosine_lr(2, 4, 1e-3, warmup=1)  # step 2's rate under 4 steps
+    half_cosine = [1e-4 + (top - 1e-4) * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]
+    assert seen == [(s, pytest.approx(lr)) for s, lr in zip(range(2, 8), half_cosine)]
+
+    real = loop_module._optimizer_step  # the same extension, killed at step 7 and resumed
+
+    def killed_at_7(*args):
+        if args[-1] == 7:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(loop_module, "_optimizer_step", killed_at_7)
+    with pytest.raises(KeyboardInterrupt):
+        run(shipped, folder, probe_config(), settings(steps=8))
+    monkeypatch.setattr(loop_module, "_optimizer_step", real)
+    assert run(shipped, folder, probe_config(), settings(steps=8))["steps_this_run"] == 2
+    assert_identical(reference / "final", folder / "final")
+
+
+def test_extended_lr_inside_the_warmup_and_twice():
+    inside = [{"at_step": 3, "from": 20, "to": 40}]  # resumed at step 3 of a 10-step warm-up
+    assert [extended_lr(s, 40, 1.0, 10, inside) for s in range(41)] == pytest.approx(
+        [cosine_lr(s, 40, 1.0, 10) for s in range(41)])
+    twice = [{"at_step": 12, "from": 12, "to": 20}, {"at_step": 15, "from": 20, "to": 30}]
+    first = cosine_lr(11, 12, 1.0, 2)
+    assert extended_lr(11, 30, 1.0, 2, twice) == first
+    at_15 = 0.1 + (cosine_lr(12, 12, 1.0, 2) - 0.1) * 0.5 * (1 + math.cos(math.pi * 3 / 8))
+    assert extended_lr(15, 30, 1.0, 2, twice) == pytest.approx(at_15)
+    assert extended_lr(30, 30, 1.0, 2, twice) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="the last extension ends at 30 steps, the run has 31"):
+        extended_lr(0, 31, 1.0, 2, twice)

@@ -203,3 +203,20 @@ def test_run_config_records_the_world_size_and_a_resume_must_keep_it(tiny_model,
     (run / "run_config.json").write_text(json.dumps(record))
     assert dpt(*args) == 0
     assert json.loads((run / "run_config.json").read_text())["world_size"] == 1
+
+
+def test_steps_can_be_raised_on_resume_and_the_change_is_recorded(tiny_model, tmp_path, capsys):
+    run = tmp_path / "p"
+    args = ["probe", "--run-dir", run, "--model", tiny_model, "--block", "up0", "--d-model", 32,
+            "--batch", 2, "--checkpoint-every", 1]
+    assert dpt(*args, "--steps", 2) == 0
+    assert json.loads((run / "run_config.json").read_text())["extended"] == []
+    assert dpt(*args, "--steps", 3) == 0
+    record = json.loads((run / "run_config.json").read_text())
+    assert record["settings"]["steps"] == 3
+    assert record["extended"] == [{"at_step": 2, "from": 2, "to": 3}]
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
+    assert json.loads((run / "final" / "dpt_config.json").read_text())["training"]["steps"] == 3
+    capsys.readouterr()
+    assert dpt(*args, "--steps", 1) == 2
+    assert "--steps 1 is below step 3, where" in capsys.readouterr().err

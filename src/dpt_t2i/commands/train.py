@@ -28,7 +28,7 @@ from ..model.config import CONDITIONS, GROUND_CONDITIONS, PROBE_CONDITION, DPTCo
 from ..model.features import block_channels, block_names
 from ..model.lora import TARGETS, LoraSettings
 from ..training.loop import train_dpt
-from ..training.run_record import check_world_size, recorded_world_size, write_json
+from ..training.run_record import check_world_size, recorded_world_size
 from ..training.settings import STAGE_DEFAULTS, TrainSettings
 from .model_args import (add_model_argument, add_threads_argument, model_folder, quiet_loading,
                          set_threads, settings_from_args)
@@ -166,9 +166,9 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_bundle(model)
     config, init_heads = _dpt_config(args, bundle)
     source = _source(args, bundle, settings)
-    _check_run_folder(args.run_dir, model, config, settings, args.resume == "latest")
+    record = _check_run_folder(args.run_dir, model, config, settings, args.resume == "latest")
     summary = train_dpt(args.run_dir, bundle, source, config, settings, init_heads,
-                        resume=args.resume == "latest")
+                        resume=args.resume == "latest", record=record)
     print(json.dumps({k: summary[k] for k in ("stage", "steps", "wall_s", "s_per_step",
                                               "skipped_images", "final_losses")}))
     print(f"DPT weights: {args.run_dir / 'final'}")
@@ -267,37 +267,28 @@ def _source(args: argparse.Namespace, bundle, settings):
     return RealDPTData(captioned, refs, resolution, settings.n_negatives, settings.seed)
 
 
-def _check_run_folder(run_dir: Path, model: Path, config, settings, resume: bool) -> None:
-    """Record what the run is; a resumed run must be the same run on as many processes.
-
-    Every process reads the old record before the main process writes the new one, so a
-    refusal is the same on all of them.
-    """
+def _check_run_folder(run_dir: Path, model: Path, config, settings, resume: bool) -> dict:
+    """What run_config.json records of the run; a resumed run must be the same run, on as
+    many processes. `train_dpt` writes the record once its own resume checks pass."""
     from accelerate import PartialState
 
-    state = PartialState()
-    world = state.num_processes
     record = {"model": str(model), "dpt": config.to_dict(),
-              "settings": {k: v for k, v in asdict(settings).items() if k not in _UNRECORDED},
-              "world_size": world,
-              "global_batch": settings.batch * settings.grad_accum * world}
+              "settings": {k: v for k, v in asdict(settings).items() if k not in _UNRECORDED}}
     file = Path(run_dir) / "run_config.json"
     if resume and file.is_file():
         old = json.loads(file.read_text())
-        check_world_size(run_dir, recorded_world_size(old), world)
+        check_world_size(run_dir, recorded_world_size(old), PartialState().num_processes)
         keys = _differing(old, record)
         if keys:
             raise ValueError(f"{run_dir} holds a different run ({', '.join(keys)} differ); "
                              "use another --run-dir or --resume no to start over")
-    state.wait_for_everyone()
-    if state.is_main_process:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        write_json(file, record)
+    return record
 
 
-# settings a run may change on resume, and settings run_config.json leaves out
+# settings run_config.json leaves out, and those a resume may change: `steps` moves the end
+# of the learning-rate schedule (training/schedule.py: extended_lr)
 _UNRECORDED = ("checkpoint_every", "keep_checkpoints", "log_with")
-_RESUMABLE = _UNRECORDED
+_RESUMABLE = _UNRECORDED + ("steps",)
 
 
 def _differing(old: dict, record: dict) -> list[str]:

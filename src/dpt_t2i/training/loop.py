@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,14 +35,15 @@ from ..model.lora import LoraWeights, add_lora
 from .hn_itm import HNITMObjective
 from .inputs import FrozenParts, frozen_parts, prepare_inputs
 from .objective import DPTObjective
-from .run_record import check_world_size, recorded_world_size
-from .schedule import cosine_lr
+from .run_record import check_world_size, recorded_world_size, schedule_history, write_run_config
+from .schedule import extended_lr
 from .settings import TrainSettings
 
 
 def train_dpt(run_dir: Path, bundle, source: SampleSource, config: DPTConfig,
               settings: TrainSettings, init_heads: DPTHeads | None = None,
-              resume: bool = True, show_progress: bool = True) -> dict:
+              resume: bool = True, show_progress: bool = True,
+              record: dict | None = None) -> dict:
     """Run stage 1 or 2 into `run_dir`; writes checkpoints, `log.jsonl` and `final/`.
 
     Args:
@@ -53,7 +54,12 @@ def train_dpt(run_dir: Path, bundle, source: SampleSource, config: DPTConfig,
         settings: the optimisation settings.
         init_heads: start the heads from these (stage 2 from stage 1's result).
         resume: continue from the run folder's newest intact checkpoint if it has one
-            (ValueError when it has checkpoints but none intact: nothing is deleted).
+            (ValueError when it has checkpoints but none intact: nothing is deleted, or when
+            it was trained on another number of processes). A `settings.steps` other than
+            the checkpoint's changes the end of the schedule (`schedule.extended_lr`).
+        record: what `run_config.json` records of the run (model, DPT config, settings);
+            written with the world size and the schedule's changes once the resume checks
+            pass. None writes no run_config.json.
 
     Returns:
         A summary: steps, wall seconds, seconds per step, mean losses of the last 50 steps.
@@ -66,9 +72,12 @@ def train_dpt(run_dir: Path, bundle, source: SampleSource, config: DPTConfig,
     accelerator = run.accelerator
     if start:
         check_world_size(run_dir, recorded_world_size(resumed.state), accelerator.num_processes)
+    run.extended = schedule_history(run_dir, resumed.state, start, settings.steps)
     if accelerator.is_main_process:
         if resumed.message:
             print(resumed.message, file=sys.stderr, flush=True)
+        if record is not None:  # every process read the old one before `prepare`'s broadcast
+            write_run_config(run_dir, record, settings, accelerator.num_processes, run.extended)
         trim_log(run_dir / "log.jsonl", start)  # the steps from `start` on are logged again
     if settings.log_with:
         accelerator.init_trackers("dpt", config={k: v for k, v in asdict(settings).items()
@@ -81,7 +90,7 @@ def train_dpt(run_dir: Path, bundle, source: SampleSource, config: DPTConfig,
     summary = {"stage": settings.stage, "steps": settings.steps, "steps_this_run": steps_run,
                "wall_s": round(wall + elapsed, 1),
                "s_per_step": round(elapsed / steps_run, 4) if steps_run else None,
-               "skipped_images": source.skipped,
+               "skipped_images": source.skipped, "extended": run.extended,
                "final_losses": {k: round(sum(r[k] for r in recent) / len(recent), 5)
                                 for k in recent[0]} if recent else {},
                "settings": asdict(settings)}
@@ -108,6 +117,7 @@ class _Run:
     unet: nn.Module
     parts: FrozenParts
     run_id: str | None = None  # written into every checkpoint (io.checkpoint.Resumed)
+    extended: list[dict] = field(default_factory=list)  # changes of --steps (run_record.py)
 
 
 def _setup(run_dir: Path, bundle, config: DPTConfig, settings: TrainSettings,
@@ -158,11 +168,13 @@ def _train_loop(run: _Run, source: SampleSource, config: DPTConfig, settings: Tr
     accelerator, main = run.accelerator, run.accelerator.is_main_process
     log = (run.run_dir / "log.jsonl").open("a") if main else None
     bar = tqdm(range(start, settings.steps), desc=settings.stage, initial=start,
-               total=settings.steps, dynamic_ncols=True, mininterval=2.0, disable=not show_progress)
+               total=settings.steps, dynamic_ncols=True, mininterval=2.0,
+               disable=not show_progress)
     recent: list[dict[str, float]] = []
     for step in bar:
         for group in run.optimizer.param_groups:
-            group["lr"] = cosine_lr(step, settings.steps, group["base_lr"], settings.warmup)
+            group["lr"] = extended_lr(step, settings.steps, group["base_lr"], settings.warmup,
+                                      run.extended)
         losses = _optimizer_step(accelerator, run.objective, run.wrapped_optimizer, run.parts,
                                  source, config, settings, step)
         recent = (recent + [losses])[-50:]
@@ -186,9 +198,11 @@ def _train_loop(run: _Run, source: SampleSource, config: DPTConfig, settings: Tr
 
 
 def _shape(run: _Run, settings: TrainSettings) -> dict:
-    """What a checkpoint records of the run's shape: a resume must keep the world size."""
+    """What a checkpoint records of the run: a resume must keep the world size, and its
+    schedule follows `steps` and `extended`."""
     return {"world_size": run.accelerator.num_processes, "batch": settings.batch,
-            "grad_accum": settings.grad_accum}
+            "grad_accum": settings.grad_accum, "steps": settings.steps,
+            "extended": run.extended}
 
 
 def _optimizer_step(accelerator, objective, optimizer, parts: FrozenParts, source: SampleSource,

@@ -4,8 +4,8 @@ Every checkpoint's `state.json` holds the world size (processes) that trained it
 schedule: `steps`, the run's total, and `extended`, the changes of that total made on resume
 (`schedule.extended_lr` turns them into rates). A resume on another number of processes is
 refused: each process draws its own samples and the batch of a step is per process, so the
-resumed run would not be the run the checkpoint belongs to. `run_config.json` (written by the
-command) mirrors both for people reading the folder.
+resumed run would not be the run the checkpoint belongs to. `run_config.json` mirrors both for people
+reading the folder, beside what the command says the run is.
 """
 
 from __future__ import annotations
@@ -62,14 +62,13 @@ def schedule_history(run_dir: Path, state: dict, resumed_step: int, steps: int) 
     return history + [{"at_step": resumed_step, "from": before, "to": steps}]
 
 
-def note_history(run_dir: Path, world_size: int, extended: list[dict]) -> None:
-    """Write the world size and `extended` into the folder's run_config.json, if it has one."""
-    file = Path(run_dir) / "run_config.json"
-    if not file.is_file():
-        return
-    record = json.loads(file.read_text())
-    record.update(world_size=world_size, extended=extended)
-    write_json(file, record)
+def write_run_config(run_dir: Path, record: dict, settings, world_size: int,
+                     extended: list[dict]) -> None:
+    """Write run_config.json: `record` (what the command says the run is) with the world
+    size, the global batch (samples a step) and the changes of `steps` made on resume."""
+    write_json(Path(run_dir) / "run_config.json", {
+        **record, "world_size": world_size,
+        "global_batch": settings.batch * settings.grad_accum * world_size, "extended": extended})
 
 
 def write_json(file: Path, record: dict) -> None:
