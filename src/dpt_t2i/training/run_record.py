@@ -4,8 +4,8 @@ Every checkpoint's `state.json` holds the world size (processes) that trained it
 schedule: `steps`, the run's total, and `extended`, the changes of that total made on resume
 (`schedule.extended_lr` turns them into rates). A resume on another number of processes is
 refused: each process draws its own samples and the batch of a step is per process, so the
-resumed run would not be the run the checkpoint belongs to. `run_config.json` mirrors both for people
-reading the folder, beside what the command says the run is.
+resumed run would not be the run the checkpoint belongs to. `run_config.json` mirrors both
+for people reading the folder, beside what the command says the run is.
 """
 
 from __future__ import annotations
