@@ -19,6 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from .boxes import box_cxcywh_to_xyxy, generalized_box_iou
+from .gather import gather_batch
 
 # Weights l0..l3 of eq. 7. The paper does not print them; L1 5 and GIoU 2 are DETR's
 # (Carion et al. 2020), the contrastive term 1 as MDETR's alignment loss (Kamath et al. 2021).
@@ -64,6 +65,12 @@ class MatchingLoss(nn.Module):
 
     The temperature is log-parameterised like CLIP's logit_scale: init 1/0.07, scale
     clamped at 100.
+
+    With `global_batch=True` every process computes the loss of the global batch (all
+    processes' images, captions and hard negatives, gathered by `gather.gather_batch` with the
+    gradient to the local rows), so the negatives grow with the number of processes and N
+    processes of batch B give the loss and, after DDP's average, the gradients of one process
+    of batch N*B. Across gradient-accumulation micro-steps the batch stays the micro-step's.
     """
 
     def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0):
@@ -105,7 +112,7 @@ class MatchingLoss(nn.Module):
         return scale * torch.cat([sim, neg], dim=1), logits_per_text
 
     def forward(self, query_embeds: Tensor, text_embeds: Tensor,
-                negative_text_embeds: Tensor | None = None) -> Tensor:
+                negative_text_embeds: Tensor | None = None, global_batch: bool = False) -> Tensor:
         """Mean of the image-to-text and text-to-image cross-entropies (a scalar).
 
         A batch may hold the same caption twice (small worlds repeat captions). Every column
@@ -113,7 +120,13 @@ class MatchingLoss(nn.Module):
         evenly over them (soft-target cross-entropy); with distinct texts this is the usual
         one-hot InfoNCE. Texts count as equal when their embeddings are identical, which a
         frozen text encoder guarantees for identical strings.
+
+        `global_batch`: the loss of all processes' batches together (see the class docstring).
         """
+        if global_batch:
+            query_embeds, text_embeds = gather_batch(query_embeds), gather_batch(text_embeds)
+            if negative_text_embeds is not None:
+                negative_text_embeds = gather_batch(negative_text_embeds)
         logits_per_image, logits_per_text = self.get_logits(
             query_embeds, text_embeds, negative_text_embeds)
         columns = text_embeds if negative_text_embeds is None else torch.cat(
@@ -125,8 +138,8 @@ class MatchingLoss(nn.Module):
         return (F.cross_entropy(logits_per_image, target_i / target_i.sum(1, keepdim=True))
                 + F.cross_entropy(logits_per_text, target_t / target_t.sum(1, keepdim=True))) / 2
 
-
-    def candidates(self, scores: Tensor, texts: Tensor, n_batch: int) -> Tensor:
+    def candidates(self, scores: Tensor, texts: Tensor, n_batch: int,
+                   global_batch: bool = False) -> Tensor:
         """InfoNCE over each image's own candidate texts, every score read under its own text.
 
         Under per-candidate conditioning ("each") s(z_b, y) costs a U-Net pass per (b, y), so
@@ -140,10 +153,17 @@ class MatchingLoss(nn.Module):
             scores: (B, C) s(z_b, y_bc), C = 1 + K + R, column 0 the caption.
             texts: (B, C, D) text(y_bc).
             n_batch: R, the rolled in-batch captions at the end of each row.
+            global_batch: the scores and texts of all processes are gathered and the loss is
+                the global batch's; the rolled columns must then hold the captions of the
+                global batch's images b-1 .. b-R (`gather.previous_rows`), so that image
+                b+r's column K+r, on this process or the next, scored caption b. The
+                candidates per image stay 1 + K + R: more would cost more U-Net passes.
 
         Returns:
             the mean of the two cross-entropies (one without in-batch columns), a scalar.
         """
+        if global_batch:
+            scores, texts = gather_batch(scores), gather_batch(texts.detach())
         batch, cols = scores.shape
         if texts.shape[:2] != scores.shape or not 0 <= n_batch < cols:
             raise ValueError(f"need texts (B, C, D) for scores (B, C) = {tuple(scores.shape)} "

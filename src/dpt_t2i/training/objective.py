@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..model.config import DPTConfig
 from ..model.features import tap_with_output
+from ..model.gather import previous_rows, process_group, rolled_rows
 from ..model.heads import DPTHeads, unet_features
 from ..model.losses import DEFAULT_GROUNDING_WEIGHTS, GroundingCriterion, GroundingMatcher
 from ..model.score import matching_text
@@ -20,6 +21,11 @@ class DPTObjective(nn.Module):
     """U-Net features -> adapter -> unweighted DPT losses, plus the weighted total.
 
     One module holds the U-Net and the heads so accelerate (DDP) wraps the whole step.
+    With `settings.global_negatives` and several processes the matching loss is the global
+    batch's (`MatchingLoss`, `gather.py`): under a shared condition every process's captions
+    and hard negatives are negatives of every image; under "each" the rolled in-batch captions
+    come from the global batch and the score matrix is gathered, so N processes of batch B
+    train as one of batch N*B, with the same 1 + K + R candidates per image.
     """
 
     def __init__(self, unet: nn.Module, heads: DPTHeads, config: DPTConfig,
@@ -31,6 +37,8 @@ class DPTObjective(nn.Module):
                         "mse": settings.mse_weight}
         self.unet_trains = settings.stage != "probe"
         self.batch_negatives = settings.batch_negatives
+        # TrainSettings.global_negatives; read with a default until the field exists
+        self.global_negatives = bool(getattr(settings, "global_negatives", False))
 
     def forward(self, noisy: Tensor, t: Tensor, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Losses for one batch.
@@ -72,8 +80,13 @@ class DPTObjective(nn.Module):
                     eps = self.unet(noisy, t, inputs["caption_states"]).sample
                     losses["mse"] = F.mse_loss(eps.float(), inputs["target"])
         out = self.heads(feats, t)
-        losses["match"] = self.heads.matching(out["match_embeds"], *self._match_texts(inputs))
+        losses["match"] = self.heads.matching(out["match_embeds"], *self._match_texts(inputs),
+                                              global_batch=self._global())
         return out, feats
+
+    def _global(self) -> bool:
+        """Whether the matching loss reads the global batch (several processes, asked for)."""
+        return self.global_negatives and process_group()[1] > 1
 
     def _match_each(self, noisy: Tensor, t: Tensor, inputs: dict[str, Tensor],
                     losses: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
@@ -86,13 +99,11 @@ class DPTObjective(nn.Module):
         empty-prompt pass's under ground_condition "empty", else the caption pass's.
         """
         n, k = inputs["negative_embeds"].shape[:2]
-        rolls = range(1, min(self.batch_negatives, n - 1) + 1)
         caption_text, negative_text = self._match_texts(inputs)
-        texts = torch.cat([caption_text[:, None], negative_text,
-                           *[caption_text.roll(r, 0)[:, None] for r in rolls]], 1)  # (B, C, D)
+        rolled_text, rolled_tokens = self._rolled_captions(inputs, caption_text)
+        texts = torch.cat([caption_text[:, None], negative_text, rolled_text], 1)  # (B, C, D)
         tokens = inputs["caption_tokens"]
-        others = torch.cat([inputs["negative_tokens"],
-                            *[tokens.roll(r, 0)[:, None] for r in rolls]], 1)  # (B, C-1, L, D)
+        others = torch.cat([inputs["negative_tokens"], rolled_tokens], 1)  # (B, C-1, L, D)
         c = texts.shape[1]
         with self._unet_grad():
             if self.weights["mse"] > 0:
@@ -107,12 +118,33 @@ class DPTObjective(nn.Module):
                for key, value in self.heads(feats, t.repeat_interleave(c)).items()}
         h = F.normalize(out["match_embeds"], dim=-1)  # (B, C, M, D)
         scores = torch.einsum("bcmd,bcd->bcm", h, F.normalize(texts, dim=-1)).amax(-1)
-        losses["match"] = self.heads.matching.candidates(scores, texts, len(rolls))
+        losses["match"] = self.heads.matching.candidates(scores, texts, rolled_text.shape[1],
+                                                         global_batch=self._global())
         if self.config.ground_condition == "empty":
             with self._unet_grad():
                 first = unet_features(self.unet, self.config, noisy, t, inputs["states"])
             return self.heads(first, t), first
         return {key: value[:, 0] for key, value in out.items()}, first
+
+    def _rolled_captions(self, inputs: dict[str, Tensor],
+                         caption_text: Tensor) -> tuple[Tensor, Tensor]:
+        """text(y) (B, R, D) and token states (B, R, L, D) of the captions of images b-1 .. b-R:
+        of this batch (`torch.roll`), or of the global batch when `_global()`, the rows before
+        this process's first image read from the previous process (their text(y) made here)."""
+        tokens, n = inputs["caption_tokens"], caption_text.shape[0]
+        if not self._global():
+            count = min(self.batch_negatives, n - 1)
+            return (rolled_rows(caption_text, caption_text[n - count:], count),
+                    rolled_rows(tokens, tokens[n - count:], count))
+        count = min(self.batch_negatives, n * process_group()[1] - 1)
+        prev = {key: previous_rows(inputs[key], count)
+                for key in ("caption_embeds", "caption_tokens", "caption_mask")}
+        prev_text = prev["caption_embeds"]
+        if self.heads.adapter.text_head is not None:
+            prev_text = matching_text(self.heads, EncodedTexts(
+                prev["caption_embeds"], prev["caption_tokens"], prev["caption_mask"]))
+        return (rolled_rows(caption_text, prev_text, count),
+                rolled_rows(tokens, prev["caption_tokens"], count))
 
     def _match_texts(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """text(y) of the captions (B, D) and of their hard negatives (B, K, D)."""
