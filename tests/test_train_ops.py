@@ -115,3 +115,35 @@ def test_extended_lr_inside_the_warmup_and_twice():
     assert extended_lr(30, 30, 1.0, 2, twice) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="the last extension ends at 30 steps, the run has 31"):
         extended_lr(0, 31, 1.0, 2, twice)
+
+
+def test_log_rows_hold_losses_rates_grad_norm_and_throughput(shipped, tmp_path, monkeypatch):
+    import warnings
+
+    from accelerate import Accelerator
+
+    from dpt_t2i.model.lora import LoraSettings
+
+    tracked = []
+    monkeypatch.setattr(Accelerator, "log", lambda self, values, step=None, **kw:
+                        tracked.append((step, dict(values))))
+    config = probe_config()
+    config.lora = LoraSettings(rank=2, alpha=2.0)
+    s = settings(stage="tune", steps=3, batch=2, grad_accum=2, warmup=2, lr=1e-3,
+                 lora_lr=1e-4, log_with="tensorboard")
+    with warnings.catch_warnings():  # tensorboard itself is not installed here
+        warnings.simplefilter("ignore")
+        summary = run(shipped, tmp_path / "run", config, s)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2]
+    for row in rows:
+        assert {"loss", "match", "loss_giou", "lr", "lora_lr", "grad_norm", "s_per_step",
+                "samples_per_s"} <= set(row)
+        assert row["lr"] == pytest.approx(extended_lr(row["step"], 3, 1e-3, 2))
+        assert row["lora_lr"] == pytest.approx(extended_lr(row["step"], 3, 1e-4, 2))
+        assert 0 < row["grad_norm"] < 1e4 and math.isfinite(row["loss"])
+        # 2 samples x 2 micro-steps x 1 process a step
+        assert row["samples_per_s"] * row["s_per_step"] == pytest.approx(4, rel=1e-2)
+    assert rows[0]["lr"] == pytest.approx(5e-4)  # half-way through the warm-up
+    assert tracked == [(r["step"], {k: v for k, v in r.items() if k != "step"}) for r in rows]
+    assert set(summary["final_losses"]) == {k for k in rows[0] if k.startswith(("loss", "match"))}

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..data.sources import SampleSource, draw_samples
@@ -35,6 +35,7 @@ from ..model.lora import LoraWeights, add_lora
 from .hn_itm import HNITMObjective
 from .inputs import FrozenParts, frozen_parts, prepare_inputs
 from .objective import DPTObjective
+from .run_log import RunLog, mean_over_processes
 from .run_record import check_world_size, recorded_world_size, schedule_history, write_run_config
 from .schedule import extended_lr
 from .settings import TrainSettings
@@ -91,8 +92,7 @@ def train_dpt(run_dir: Path, bundle, source: SampleSource, config: DPTConfig,
                "wall_s": round(wall + elapsed, 1),
                "s_per_step": round(elapsed / steps_run, 4) if steps_run else None,
                "skipped_images": source.skipped, "extended": run.extended,
-               "final_losses": {k: round(sum(r[k] for r in recent) / len(recent), 5)
-                                for k in recent[0]} if recent else {},
+               "final_losses": _final_losses(run, recent),
                "settings": asdict(settings)}
     accelerator.wait_for_everyone()
     if main:
@@ -163,28 +163,27 @@ def _setup_hn_itm(run_dir: Path, accelerator, bundle, unet: nn.Module, config: D
 
 
 def _train_loop(run: _Run, source: SampleSource, config: DPTConfig, settings: TrainSettings,
-                start: int, wall: float, t0: float, show_progress: bool) -> list[dict[str, float]]:
-    """Steps start .. settings.steps-1 with logging and checkpoints; the last 50 steps' losses."""
+                start: int, wall: float, t0: float, show_progress: bool
+                ) -> list[dict[str, Tensor]]:
+    """Steps start .. settings.steps-1 with logging and checkpoints; the last 50 steps' losses
+    (this process's, as 0-d tensors)."""
     accelerator, main = run.accelerator, run.accelerator.is_main_process
-    log = (run.run_dir / "log.jsonl").open("a") if main else None
+    log = RunLog(run.run_dir, accelerator, settings, start, _group_names(settings))
     bar = tqdm(range(start, settings.steps), desc=settings.stage, initial=start,
                total=settings.steps, dynamic_ncols=True, mininterval=2.0,
                disable=not show_progress)
-    recent: list[dict[str, float]] = []
+    recent: list[dict[str, Tensor]] = []
     for step in bar:
         for group in run.optimizer.param_groups:
             group["lr"] = extended_lr(step, settings.steps, group["base_lr"], settings.warmup,
                                       run.extended)
-        losses = _optimizer_step(accelerator, run.objective, run.wrapped_optimizer, run.parts,
-                                 source, config, settings, step)
+        losses, grad_norm = _optimizer_step(accelerator, run.objective, run.wrapped_optimizer,
+                                            run.parts, source, config, settings, step)
         recent = (recent + [losses])[-50:]
-        if main and (step % 10 == 0 or step + 1 == settings.steps):
-            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()
+        if log.due(step):
+            row = log.row(step, losses, run.optimizer, grad_norm)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in row.items()
                              if k in ("loss", "match", "loss_giou", "mse", "mse_neg")})
-            log.write(json.dumps({"step": step, **losses}) + "\n")
-            log.flush()
-            if settings.log_with:
-                accelerator.log(losses, step=step)
         done = step + 1
         if done % settings.checkpoint_every == 0 or done == settings.steps:
             accelerator.wait_for_everyone()
@@ -192,9 +191,22 @@ def _train_loop(run: _Run, source: SampleSource, config: DPTConfig, settings: Tr
                 save_checkpoint(run.run_dir, done, run.modules, {"optimizer": run.optimizer},
                                 {"wall_s": wall + time.time() - t0, **_shape(run, settings)},
                                 keep=settings.keep_checkpoints, run_id=run.run_id)
-    if log is not None:
-        log.close()
+    log.close()
     return recent
+
+
+def _group_names(settings: TrainSettings) -> list[str]:
+    """The log's names of the optimizer's parameter groups, in `_setup`'s order."""
+    return {"probe": ["lr"], "tune": ["lr", "lora_lr"], "hn-itm": ["lora_lr"]}[settings.stage]
+
+
+def _final_losses(run: _Run, recent: list[dict[str, Tensor]]) -> dict[str, float]:
+    """The mean of each loss term over the last steps and over all processes (a collective;
+    {} on every process when this launch took no step)."""
+    if not recent:
+        return {}
+    means = {k: torch.stack([r[k] for r in recent]).float().mean() for k in recent[0]}
+    return {k: round(v, 5) for k, v in mean_over_processes(run.accelerator, means).items()}
 
 
 def _shape(run: _Run, settings: TrainSettings) -> dict:
@@ -206,10 +218,17 @@ def _shape(run: _Run, settings: TrainSettings) -> dict:
 
 
 def _optimizer_step(accelerator, objective, optimizer, parts: FrozenParts, source: SampleSource,
-                    config: DPTConfig, settings: TrainSettings, step: int) -> dict[str, float]:
-    """`grad_accum` micro-steps and one update; returns the last micro-step's losses."""
+                    config: DPTConfig, settings: TrainSettings, step: int
+                    ) -> tuple[dict[str, Tensor], Tensor | None]:
+    """`grad_accum` micro-steps and one update.
+
+    Returns:
+        The loss terms of this process averaged over the micro-steps (0-d tensors, left on
+        the device: no host sync a step), and the gradient norm before clipping.
+    """
     rank, world = accelerator.process_index, accelerator.num_processes
-    sums: dict[str, float] = {}
+    sums: dict[str, Tensor] = {}
+    grad_norm = None
     for micro in range(settings.grad_accum):
         slot = (step * settings.grad_accum + micro) * world + rank
         gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + slot)
@@ -227,9 +246,9 @@ def _optimizer_step(accelerator, objective, optimizer, parts: FrozenParts, sourc
             losses = objective(noisy, t, inputs)
             accelerator.backward(losses["loss"])
             if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(objective.parameters(), 1.0)
+                grad_norm = accelerator.clip_grad_norm_(objective.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach()) / settings.grad_accum
-    return sums
+            sums[k] = sums.get(k, 0.0) + v.detach().float() / settings.grad_accum
+    return sums, grad_norm
