@@ -41,7 +41,7 @@ def test_samples_carry_caption_k_negatives_and_the_images_refs(tiny):
     assert len(data) == 3
     for index in range(6):
         sample = data.sample(index)
-        item = captioned[index % 3]
+        item = captioned[data.image_index(index)]
         assert sample.image.shape == (RESOLUTION, RESOLUTION, 3)
         assert sample.image.dtype == np.uint8
         assert sample.caption in item.captions and sample.family == "coco"
@@ -54,9 +54,12 @@ def test_samples_carry_caption_k_negatives_and_the_images_refs(tiny):
         else:
             assert sample.refexp is None and sample.box is None
     # image 9 (b.jpg, green) has ref 2 only; image 11 (c.png, blue) has none
-    assert data.sample(1).refexp == "dog" and data.sample(1).box == pytest.approx((.5, .5, 1, 1))
-    assert data.sample(2).image[..., 2].min() > 150  # blue image, squashed to 16x16
-    batch = collate([data.sample(i) for i in range(3)])
+    at = {data.image_index(i): i for i in range(3)}  # epoch 0: each image once
+    assert sorted(at) == [0, 1, 2]
+    assert data.sample(at[1]).refexp == "dog"
+    assert data.sample(at[1]).box == pytest.approx((.5, .5, 1, 1))
+    assert data.sample(at[2]).image[..., 2].min() > 150  # blue image, squashed to 16x16
+    batch = collate([data.sample(at[i]) for i in range(3)])
     assert batch["has_ref"].tolist() == [True, True, False]
 
 
@@ -78,18 +81,20 @@ def test_missing_and_corrupt_images_are_skipped_and_counted(tiny):
     (images / "b.jpg").unlink()
     (images / "c.png").write_bytes(b"\x89PNG garbage, not an image")
     data = RealDPTData(captioned, refs, RESOLUTION)
-    assert data.sample(1) is None
+    at = [{data.image_index(i): i for i in range(3 * e, 3 * e + 3)} for e in (0, 1)]
+    assert data.sample(at[0][1]) is None
     assert (data.skipped, data.skipped_paths) == (1, {images / "b.jpg"})
-    assert data.sample(2) is None and data.sample(5) is None
+    assert data.sample(at[0][2]) is None and data.sample(at[1][2]) is None
     assert data.skipped == 3 and data.skipped_paths == {images / "b.jpg", images / "c.png"}
-    assert data.sample(0) is not None and data.skipped == 3
+    assert data.sample(at[0][0]) is not None and data.skipped == 3
 
 
 def test_negatives_fall_back_to_other_images_captions(tmp_path):
     write_images(tmp_path)
     captioned = [CaptionedImage(1, tmp_path / "a.png", 40, 30, ["Dog."]),
                  CaptionedImage(2, tmp_path / "b.jpg", 40, 30, ["A cat.", "Cat asleep."])]
-    sample = RealDPTData(captioned, None, RESOLUTION, n_negatives=3).sample(0)
+    data = RealDPTData(captioned, None, RESOLUTION, n_negatives=3)
+    sample = data.sample([i for i in range(2) if data.image_index(i) == 0][0])
     assert sample.caption == "Dog." and len(sample.negatives) == 3
     assert set(sample.negatives) <= {"A cat.", "Cat asleep."}
     assert sample.refexp is None and sample.box is None

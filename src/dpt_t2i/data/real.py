@@ -1,10 +1,12 @@
 """DPT training samples from COCO captions and RefCOCO boxes, and a RefCOCO evaluation set.
 
-Sample `i` of seed `s` is always the same: its caption, negatives and referring expression
-are drawn from `np.random.default_rng([s, i])`. Images are squashed (not cropped) to a
-square; a box in cxcywh normalised to the image is unchanged by squashing, so a ref's box is
-used as it is. A missing or broken image file is skipped and counted, never raised: with
-DataLoader workers each worker counts its own skips.
+Sample `i` of seed `s` is always the same: its image is the `i % N`-th of epoch `i // N` in
+that epoch's seeded order (`sources.EpochShuffle`: every image once per epoch, a new order
+each epoch), and its caption, negatives and referring expression are drawn from
+`np.random.default_rng([s, i])`. Images are squashed (not cropped) to a square; a box in
+cxcywh normalised to the image is unchanged by squashing, so a ref's box is used as it is. A
+missing or broken image file is skipped and counted, never raised: with DataLoader workers
+each worker counts its own skips (`loader.DrawSamples` reports them back).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from PIL import Image
 from .coco import CaptionedImage
 from .refcoco import RefItem
 from .samples import DPTSample
+from .sources import EpochShuffle
 from .text_negatives import caption_negatives
 
 FAMILY = "coco"
@@ -54,7 +57,7 @@ class RealDPTData:
             images not in `captioned` are unused. None: no referring expressions.
         resolution: side of the square images returned, in pixels.
         n_negatives: K, the number of negatives every sample carries (>= 1).
-        seed: the stream's seed.
+        seed: the stream's seed; it also orders each epoch's images.
 
     Attributes:
         skipped: how many `sample` calls met a missing or unreadable image.
@@ -82,23 +85,27 @@ class RealDPTData:
                                  f"{sizes[ref.image_id][0]}x{sizes[ref.image_id][1]}; "
                                  "expected the same image in both")
             self.refs_by_image[ref.image_id].append(ref)
+        self.order = EpochShuffle(len(self.items), seed)
         self.skipped = 0
         self.skipped_paths: set[Path] = set()
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def image_index(self, index: int) -> int:
+        """The position in `items` of sample `index`'s image (its epoch's seeded order)."""
+        return self.order(index)
+
     def sample(self, index: int) -> DPTSample | None:
-        """Sample `index` (>= 0; image `index % len(self)`), or None if its image is unreadable.
+        """Sample `index` (>= 0; image `image_index(index)`), or None if its image is unreadable.
 
         The caption is one of the image's captions; the negatives are `caption_negatives` of
         it, repeated in turn to exactly K when fewer; when the rules give none at all (a
         one-word caption), captions of other images drawn at random stand in. The referring
         expression is a sentence of a random ref on the image, with that ref's box.
         """
-        if index < 0:
-            raise IndexError(f"sample index must be >= 0, got {index}")
-        item = self.items[index % len(self.items)]
+        own = self.order(index)  # IndexError below 0
+        item = self.items[own]
         image = load_rgb(item.path, self.resolution)
         if image is None:
             self.skipped += 1
@@ -108,7 +115,7 @@ class RealDPTData:
         caption = item.captions[rng.integers(len(item.captions))]
         negatives = caption_negatives(caption, self.n_negatives, rng)
         if not negatives:
-            negatives = self._other_captions(index % len(self.items), caption, rng)
+            negatives = self._other_captions(own, caption, rng)
         negatives = [negatives[i % len(negatives)] for i in range(self.n_negatives)]
         refexp, box = None, None
         refs = self.refs_by_image.get(item.image_id)

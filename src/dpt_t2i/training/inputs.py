@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..data.samples import DPTSample, collate
 from ..model.config import DPTConfig
 from ..model.latents import Noiser, encode_latents
-from ..model.text import encode_texts
+from ..model.text import EncodedTexts, encode_texts
 
 
 @torch.no_grad()
@@ -28,14 +28,50 @@ def prepare_inputs(parts: "FrozenParts", samples: list[DPTSample], config: DPTCo
             `states` (B, L, D) the matching pass's U-Net condition, and `ref_states` /
             `caption_states` (B, L, D) where needed.
     """
-    batch = collate(samples)
-    device = parts.device
-    latents = encode_latents(parts.vae, batch["pixels"])
-    n, k = len(samples), len(batch["negatives"][0])
+    return encode_batch(parts, collate(samples), config, need_caption_states)
+
+
+@torch.no_grad()
+def encode_batch(parts: "FrozenParts", batch: dict, config: DPTConfig,
+                 need_caption_states: bool) -> tuple[Tensor, dict[str, Tensor]]:
+    """`prepare_inputs` of a batch already collated (`samples.collate`, e.g. by a loader)."""
+    pixels = batch["pixels"].to(parts.device, non_blocking=True)  # async from pinned memory
+    latents = encode_latents(parts.vae, pixels)
+    texts = encode_batch_texts(parts.text_encoder, parts.tokenizer, batch)
+    return latents, assemble_inputs(texts, batch, config, need_caption_states, parts.device)
+
+
+@dataclass
+class BatchTexts:
+    """Every text a batch's step reads, encoded (`text.EncodedTexts`, float32)."""
+
+    captions: EncodedTexts   # (B, ...) each image's caption
+    negatives: EncodedTexts  # (B*K, ...) image-major: image b's k-th at row b*K + k
+    refs: EncodedTexts       # (B, ...) referring expressions, "" where an image has none
+    empty: EncodedTexts      # (1, ...) the empty prompt
+
+
+def encode_batch_texts(text_encoder: nn.Module, tokenizer, batch: dict) -> BatchTexts:
+    """The frozen text encoder's view of a collated batch's captions, negatives,
+    expressions and the empty prompt, in one call (each distinct text once)."""
+    n, k = len(batch["captions"]), len(batch["negatives"][0])
     texts = batch["captions"] + [t for negs in batch["negatives"] for t in negs] + batch["refexps"]
-    encoded = encode_texts(parts.text_encoder, parts.tokenizer, texts + [""])
-    captions, negatives = encoded[:n], encoded[n:n + n * k]
-    refs, empty = encoded[n + n * k:n + n * k + n], encoded[-1:]
+    encoded = encode_texts(text_encoder, tokenizer, texts + [""])
+    return BatchTexts(encoded[:n], encoded[n:n + n * k], encoded[n + n * k:n + n * k + n],
+                      encoded[-1:])
+
+
+def assemble_inputs(texts: BatchTexts, batch: dict, config: DPTConfig, need_caption_states: bool,
+                    device: torch.device) -> dict[str, Tensor]:
+    """`prepare_inputs`' dict (see there) of encoded texts and a batch's boxes.
+
+    Args:
+        texts: on `device`.
+        batch: `boxes`, `has_ref`, `object_boxes`, `object_mask` as `samples.collate` gives.
+    """
+    captions, negatives, refs = texts.captions, texts.negatives, texts.refs
+    n = len(captions)
+    k = len(negatives) // n
     inputs = {"caption_embeds": captions.pooled,
               "negative_embeds": negatives.pooled.view(n, k, -1),
               "ref_embeds": refs.pooled,
@@ -43,10 +79,9 @@ def prepare_inputs(parts: "FrozenParts", samples: list[DPTSample], config: DPTCo
               "negative_tokens": negatives.hidden.unflatten(0, (n, k)),
               "negative_mask": negatives.mask.unflatten(0, (n, k)),
               "ref_tokens": refs.hidden, "ref_mask": refs.mask,
-              "boxes": batch["boxes"].to(device), "has_ref": batch["has_ref"].to(device),
-              "object_boxes": batch["object_boxes"].to(device),
-              "object_mask": batch["object_mask"].to(device)}
-    empty_states = empty.hidden.expand(n, -1, -1)
+              **{key: batch[key].to(device, non_blocking=True)
+                 for key in ("boxes", "has_ref", "object_boxes", "object_mask")}}
+    empty_states = texts.empty.hidden.expand(n, -1, -1)
     # "each" makes its matching features under every candidate's own tokens (objective.py);
     # its "states" are the empty prompt's, for a grounding pass that shares no text
     inputs["states"] = captions.hidden if config.condition == "caption" else empty_states
@@ -54,7 +89,7 @@ def prepare_inputs(parts: "FrozenParts", samples: list[DPTSample], config: DPTCo
         inputs["ref_states"] = refs.hidden
     if need_caption_states:
         inputs["caption_states"] = captions.hidden
-    return latents, inputs
+    return inputs
 
 
 @dataclass
