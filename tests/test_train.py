@@ -217,3 +217,15 @@ def test_stage_defaults_make_valid_settings():
     assert set(STAGE_DEFAULTS) == set(STAGES)
     for stage, values in STAGE_DEFAULTS.items():
         assert TrainSettings(stage=stage, **values).stage == stage
+
+
+def test_settings_check_the_recipe_fields():
+    with pytest.raises(ValueError, match="grad_clip must be a finite number >= 0, got -1"):
+        TrainSettings(grad_clip=-1.0)
+    with pytest.raises(ValueError, match="warmup must be >= 0, got -2"):
+        TrainSettings(warmup=-2)
+    with pytest.raises(ValueError, match="n_negatives must be >= 1, got 0"):
+        TrainSettings(n_negatives=0)
+    with pytest.raises(ValueError, match="lr_floor must be between 0 and 1, got nan"):
+        TrainSettings(lr_floor=float("nan"))
+    assert TrainSettings(grad_clip=0.0, warmup=0, lr_floor=1.0).grad_clip == 0.0

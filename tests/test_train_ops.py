@@ -147,3 +147,21 @@ def test_log_rows_hold_losses_rates_grad_norm_and_throughput(shipped, tmp_path, 
     assert rows[0]["lr"] == pytest.approx(5e-4)  # half-way through the warm-up
     assert tracked == [(r["step"], {k: v for k, v in r.items() if k != "step"}) for r in rows]
     assert set(summary["final_losses"]) == {k for k in rows[0] if k.startswith(("loss", "match"))}
+
+
+@pytest.mark.parametrize("clip, max_norm", [(0.0, math.inf), (0.5, 0.5)])
+def test_grad_clip_sets_the_clipping_norm_and_zero_turns_it_off(shipped, tmp_path, monkeypatch,
+                                                                 clip, max_norm):
+    from accelerate import Accelerator
+
+    real, seen = Accelerator.clip_grad_norm_, []
+
+    def spy(self, parameters, max_norm, *args, **kw):
+        seen.append(max_norm)
+        return real(self, parameters, max_norm, *args, **kw)
+
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_", spy)
+    run(shipped, tmp_path / "run", probe_config(), settings(steps=1, grad_clip=clip))
+    assert seen == [max_norm]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert rows[0]["grad_norm"] > (0.5 if clip else 0)  # the norm before clipping

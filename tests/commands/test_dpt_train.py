@@ -84,7 +84,19 @@ def test_probe_resumes_past_damage_and_refuses_when_nothing_is_intact(tiny_model
     (["--steps", "0"], "--steps must be >= 1"),
     (["--lr", "nan"], "--lr must be a finite number >= 0"),
     (["--coco-captions", "x.json"], "give both --coco-captions and --coco-images"),
-    (["--refcoco-refs", "r.p", "--refcoco-instances", "i.json"], "RefCOCO files need --coco-captions"),
+    (["--refcoco-refs", "r.p", "--refcoco-instances", "i.json"],
+     "RefCOCO files need --coco-captions"),
+    (["--n-heads", "5"], "--n-heads must divide --d-model 128, got 5"),
+    (["--n-heads", "0"], "--n-heads must divide --d-model 128, got 0"),
+    (["--ffn-dim", "0"], "--ffn-dim must be >= 1, got 0"),
+    (["--match-queries", "0"], "--ground-queries and --match-queries >= 1"),
+    (["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"),
+    (["--dropout", "nan"], "--dropout must be in [0, 1), got nan"),
+    (["--negatives", "0"], "--negatives must be >= 1, got 0"),
+    (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    (["--grad-clip", "-1"], "--grad-clip must be a finite number >= 0, got -1.0"),
+    (["--grad-clip", "inf"], "--grad-clip must be a finite number >= 0, got inf"),
+    (["--lr-floor", "1.5"], "--lr-floor must be between 0 and 1, got 1.5"),
 ])
 def test_probe_input_errors(tiny_model, tmp_path, capsys, argv, message):
     assert dpt("probe", "--run-dir", tmp_path / "p", "--model", tiny_model, *argv) == 2
@@ -220,3 +232,62 @@ def test_steps_can_be_raised_on_resume_and_the_change_is_recorded(tiny_model, tm
     capsys.readouterr()
     assert dpt(*args, "--steps", 1) == 2
     assert "--steps 1 is below step 3, where" in capsys.readouterr().err
+
+
+def test_recipe_flags_reach_the_adapter_the_settings_and_the_record(tiny_model, tmp_path,
+                                                                     monkeypatch):
+    from safetensors.torch import load_file
+
+    from dpt_t2i.training import loop
+
+    negatives = []
+    real = loop.prepare_inputs
+
+    def spy(parts, samples, config, **kw):
+        latents, inputs = real(parts, samples, config, **kw)
+        negatives.append(inputs["negative_embeds"].shape[1])
+        return latents, inputs
+
+    monkeypatch.setattr(loop, "prepare_inputs", spy)
+    run = tmp_path / "p"
+    assert dpt("probe", "--run-dir", run, "--model", tiny_model, "--block", "up0", "--d-model",
+               32, "--ground-queries", 4, "--steps", 1, "--batch", 2, "--ffn-dim", 48,
+               "--n-heads", 4, "--match-queries", 3, "--dropout", 0.05, "--warmup", 5,
+               "--lr-floor", 0.5, "--grad-clip", 0, "--negatives", 2) == 0
+    record = json.loads((run / "run_config.json").read_text())
+    adapter = record["dpt"]["adapter"]
+    assert (adapter["ffn_dim"], adapter["n_heads"], adapter["n_match_queries"],
+            adapter["dropout"]) == (48, 4, 3, 0.05)
+    assert {k: record["settings"][k] for k in ("warmup", "lr_floor", "grad_clip",
+                                               "n_negatives")} == {
+        "warmup": 5, "lr_floor": 0.5, "grad_clip": 0.0, "n_negatives": 2}
+    assert record["preset"] is None and negatives == [2]
+    heads = load_file(run / "final" / "heads.safetensors")
+    assert heads["adapter.encoder.layers.0.linear1.weight"].shape == (48, 32)
+    # the defaults: 4 x d-model wide, d-model / 32 heads
+    assert dpt("probe", "--run-dir", tmp_path / "q", "--model", tiny_model, "--block", "up0",
+               "--d-model", 64, "--ground-queries", 4, "--steps", 1, "--batch", 2) == 0
+    adapter = json.loads((tmp_path / "q" / "run_config.json").read_text())["dpt"]["adapter"]
+    assert (adapter["ffn_dim"], adapter["n_heads"], adapter["n_match_queries"]) == (256, 2, 10)
+
+
+def test_the_paper_preset_sets_the_recipe_and_flags_beside_it_win(tiny_model, tmp_path):
+    probe = tmp_path / "p"
+    assert dpt("probe", "--run-dir", probe, "--model", tiny_model, "--preset", "sd21-paper",
+               "--d-model", 32, "--n-heads", 2, "--ground-queries", 4, "--batch", 2,
+               "--steps", 1) == 0
+    record = json.loads((probe / "run_config.json").read_text())
+    adapter = record["dpt"]["adapter"]
+    assert record["preset"] == "sd21-paper" and record["dpt"]["block"] == "up1"
+    assert (adapter["d_model"], adapter["n_heads"], adapter["n_ground_queries"]) == (32, 2, 4)
+    assert (adapter["ffn_dim"], adapter["n_match_queries"], adapter["dropout"]) == (2048, 10, 0.1)
+    assert {k: record["settings"][k] for k in ("batch", "lr", "warmup", "lr_floor",
+                                               "grad_clip")} == {
+        "batch": 2, "lr": 1e-4, "warmup": 0, "lr_floor": 1.0, "grad_clip": 1.0}
+    tune = tmp_path / "t"
+    assert dpt("tune", "--run-dir", tune, "--model", tiny_model, "--init", probe / "final",
+               "--preset", "sd21-paper", "--batch", 2, "--steps", 1, "--lora-lr", 3e-4) == 0
+    record = json.loads((tune / "run_config.json").read_text())
+    assert record["dpt"]["lora"] == {"rank": 4, "alpha": 4.0, "targets": "all"}
+    assert {k: record["settings"][k] for k in ("lr", "lora_lr", "mse_weight", "lr_floor")} == {
+        "lr": 1e-4, "lora_lr": 3e-4, "mse_weight": 1.0, "lr_floor": 1.0}

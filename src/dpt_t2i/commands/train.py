@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(probe, "probe")
     _adapter_arguments(probe)
     probe.set_defaults(run=run, stage="probe")
+    _preset_argument(probe, "probe")
 
     tune = sub.add_parser("tune", help="DPT stage 2: LoRA on the U-Net attention + adapter",
                           description=__doc__,
@@ -54,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="weight of the denoising MSE term (default "
                            f"{TrainSettings.mse_weight:g}: off)")
     tune.set_defaults(run=run, stage="tune")
+    _preset_argument(tune, "tune")
 
     hn = sub.add_parser("tune-hn-itm", help="baseline: HN-DiffusionITM LoRA tuning (denoising "
                         "error low under the caption, high under a hard negative)",
@@ -95,6 +97,14 @@ def _adapter_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"adapter width (default {adapter.d_model})")
     p.add_argument("--ground-queries", type=int, default=adapter.n_ground_queries,
                    help=f"grounding queries N-M (default {adapter.n_ground_queries})")
+    p.add_argument("--match-queries", type=int, default=adapter.n_match_queries,
+                   help=f"matching queries M (default {adapter.n_match_queries})")
+    p.add_argument("--n-heads", type=int, default=None,
+                   help="attention heads of the adapter (default: d-model / 32, at least 1)")
+    p.add_argument("--ffn-dim", type=int, default=None,
+                   help="feed-forward width of the adapter's layers (default: 4 x d-model)")
+    p.add_argument("--dropout", type=float, default=adapter.dropout,
+                   help=f"dropout in the adapter's layers (default {adapter.dropout:g})")
 
 
 def _lora_arguments(p: argparse.ArgumentParser) -> None:
@@ -118,6 +128,17 @@ def _common(p: argparse.ArgumentParser, stage: str) -> None:
                    help="micro-steps per update")
     if stage != "hn-itm":
         p.add_argument("--lr", type=float, default=defaults["lr"], help="adapter learning rate")
+    p.add_argument("--warmup", type=int, default=defaults["warmup"],
+                   help=f"steps of linear learning-rate warm-up (default {defaults['warmup']})")
+    p.add_argument("--lr-floor", type=float, default=defaults["lr_floor"],
+                   help="the cosine decay ends at this fraction of each rate (default "
+                   f"{defaults['lr_floor']:g}; 1: constant after the warm-up)")
+    p.add_argument("--grad-clip", type=float, default=defaults["grad_clip"],
+                   help="clip the gradient norm to this (default "
+                   f"{defaults['grad_clip']:g}; 0: off)")
+    p.add_argument("--negatives", dest="n_negatives", type=int,
+                   default=defaults["n_negatives"], metavar="K",
+                   help=f"hard negatives a caption (default {defaults['n_negatives']})")
     p.add_argument("--t-min", type=int, default=defaults["t_min"],
                    help="smallest training timestep")
     p.add_argument("--t-max", type=int, default=defaults["t_max"],
@@ -160,6 +181,8 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
+    _resolve_presets(args)
+    _check_recipe(args)
     settings = _settings(args)
     model = model_folder(args.model)
     quiet_loading()
@@ -167,12 +190,68 @@ def run(args: argparse.Namespace) -> int:
     config, init_heads = _dpt_config(args, bundle)
     source = _source(args, bundle, settings)
     record = _check_run_folder(args.run_dir, model, config, settings, args.resume == "latest")
+    record["preset"] = getattr(args, "preset", None)
     summary = train_dpt(args.run_dir, bundle, source, config, settings, init_heads,
                         resume=args.resume == "latest", record=record)
     print(json.dumps({k: summary[k] for k in ("stage", "steps", "wall_s", "s_per_step",
                                               "skipped_images", "final_losses")}))
     print(f"DPT weights: {args.run_dir / 'final'}")
     return 0
+
+
+# The authors' recipe for SD-2.1 (LgQu/DPT-T2I, train_stage1.py and train_stage2.py defaults;
+# docs/reproduce-sd21.md): adapter width 256, 8 heads, feed-forward 2048, dropout 0.1, 10
+# matching and 100 grounding queries on block up1; 512 px, batch 16 a GPU, AdamW at 1e-4 at a
+# constant rate without warm-up, gradient norm clipped at 1; stage 2: LoRA rank 4 on every
+# attention layer, the denoising term at weight 1 (--mse_loss_coef).
+PRESETS = {"sd21-paper": {
+    "probe": {"block": "up1", "d_model": 256, "n_heads": 8, "ffn_dim": 2048,
+              "match_queries": 10, "ground_queries": 100, "dropout": 0.1, "batch": 16,
+              "resolution": 512, "lr": 1e-4, "warmup": 0, "lr_floor": 1.0, "grad_clip": 1.0},
+    "tune": {"batch": 16, "resolution": 512, "lr": 1e-4, "lora_lr": 1e-4, "lora_rank": 4,
+             "lora_targets": "all", "mse_weight": 1.0, "warmup": 0, "lr_floor": 1.0,
+             "grad_clip": 1.0}}}
+
+
+def _preset_argument(p: argparse.ArgumentParser, stage: str) -> None:
+    """--preset; the flags a preset sets parse to None when not given, so a flag given
+    explicitly wins over the preset and the preset over the flag's default."""
+    names = sorted(PRESETS)
+    p.add_argument("--preset", choices=names, default=None,
+                   help=f"a named recipe ({', '.join(names)}: the authors' SD-2.1 training, "
+                   "docs/training.md); flags given beside it win")
+    keys = {k for preset in PRESETS.values() for k in preset[stage]}
+    defaults = {}
+    for action in p._actions:
+        if action.dest in keys:
+            defaults[action.dest], action.default = action.default, None
+    p.set_defaults(flag_defaults=defaults)
+
+
+def _resolve_presets(args: argparse.Namespace) -> None:
+    """Fill the flags left unset from --preset, then from their defaults."""
+    preset = PRESETS[args.preset][args.stage] if getattr(args, "preset", None) else {}
+    for dest, default in getattr(args, "flag_defaults", {}).items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, preset.get(dest, default))
+
+
+def _check_recipe(args: argparse.Namespace) -> None:
+    """The recipe flags TrainSettings and AdapterConfig do not check, named as flags."""
+    if args.n_negatives < 1:
+        raise ValueError(f"--negatives must be >= 1, got {args.n_negatives}")
+    if args.stage != "probe":
+        return
+    if args.d_model < 8 or args.ground_queries < 1 or args.match_queries < 1:
+        raise ValueError("--d-model must be >= 8, --ground-queries and --match-queries >= 1")
+    args.n_heads = args.n_heads if args.n_heads is not None else max(1, args.d_model // 32)
+    args.ffn_dim = args.ffn_dim if args.ffn_dim is not None else 4 * args.d_model
+    if args.n_heads < 1 or args.d_model % args.n_heads:
+        raise ValueError(f"--n-heads must divide --d-model {args.d_model}, got {args.n_heads}")
+    if args.ffn_dim < 1:
+        raise ValueError(f"--ffn-dim must be >= 1, got {args.ffn_dim}")
+    if not 0 <= args.dropout < 1:
+        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
 
 
 def _settings(args: argparse.Namespace) -> TrainSettings:
@@ -207,13 +286,11 @@ def _dpt_config(args: argparse.Namespace, bundle):
     names = block_names(bundle.unet)
     if args.block not in names:
         raise ValueError(f"unknown --block {args.block!r}; this U-Net has {', '.join(names)}")
-    if args.d_model < 8 or args.ground_queries < 1:
-        raise ValueError("--d-model must be >= 8 and --ground-queries >= 1")
     adapter = AdapterConfig(
         feature_dim=block_channels(bundle.unet, args.block),
         text_dim=bundle.text_encoder.config.hidden_size, d_model=args.d_model,
-        n_heads=max(1, args.d_model // 32), ffn_dim=4 * args.d_model,
-        n_ground_queries=args.ground_queries,
+        n_heads=args.n_heads, ffn_dim=args.ffn_dim, n_match_queries=args.match_queries,
+        n_ground_queries=args.ground_queries, dropout=args.dropout,
         max_hw=max(16, latent_side(bundle, args)), ground_text=args.ground_text == "tokens",
         match_text=args.match_text)
     return DPTConfig(block=args.block, condition=args.condition,

@@ -17,6 +17,7 @@ uninterrupted one would have taken.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -176,7 +177,7 @@ def _train_loop(run: _Run, source: SampleSource, config: DPTConfig, settings: Tr
     for step in bar:
         for group in run.optimizer.param_groups:
             group["lr"] = extended_lr(step, settings.steps, group["base_lr"], settings.warmup,
-                                      run.extended)
+                                      run.extended, settings.lr_floor)
         losses, grad_norm = _optimizer_step(accelerator, run.objective, run.wrapped_optimizer,
                                             run.parts, source, config, settings, step)
         recent = (recent + [losses])[-50:]
@@ -246,7 +247,8 @@ def _optimizer_step(accelerator, objective, optimizer, parts: FrozenParts, sourc
             losses = objective(noisy, t, inputs)
             accelerator.backward(losses["loss"])
             if accelerator.sync_gradients:
-                grad_norm = accelerator.clip_grad_norm_(objective.parameters(), 1.0)
+                grad_norm = accelerator.clip_grad_norm_(  # the norm before clipping
+                    objective.parameters(), settings.grad_clip or math.inf)  # 0: no clipping
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         for k, v in losses.items():

@@ -12,7 +12,7 @@ STAGES = ("probe", "tune", "hn-itm")
 STAGE_DEFAULTS = {"probe": {}, "tune": {"lr": 1e-4},
                   "hn-itm": {"steps": 400, "lr": 0.0, "match_weight": 0.0, "ground_weight": 0.0}}
 RATES_AND_WEIGHTS = ("lr", "match_weight", "ground_weight", "lora_lr", "mse_weight", "hn_weight",
-                     "hn_clip")
+                     "hn_clip", "grad_clip")
 
 
 @dataclass
@@ -23,7 +23,9 @@ class TrainSettings:
     grad_accum: int = 1          # micro-steps per optimizer step
     lr: float = 1e-3             # adapter and heads (3e-4 trained boxes far slower)
     lora_lr: float = 1e-4        # LoRA (stage 2)
-    warmup: int = 100
+    warmup: int = 100            # steps of linear warm-up of every learning rate
+    lr_floor: float = 0.1        # the cosine ends at lr_floor x the rate (1.0: constant)
+    grad_clip: float = 1.0       # the gradient norm is clipped to this; 0 turns clipping off
     t_min: int = 0               # training timesteps are drawn from [t_min, t_max)
     t_max: int = 1000
     match_weight: float = 1.0
@@ -46,6 +48,12 @@ class TrainSettings:
         for name in ("steps", "batch", "grad_accum", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if self.n_negatives < 1:  # the matching loss and hn-itm need one at least
+            raise ValueError(f"n_negatives must be >= 1, got {self.n_negatives}")
+        if not 0 <= self.lr_floor <= 1:  # NaN fails too
+            raise ValueError(f"lr_floor must be between 0 and 1, got {self.lr_floor}")
         if self.batch_negatives < 0:
             raise ValueError(f"batch_negatives must be >= 0, got {self.batch_negatives}")
         if self.keep_checkpoints < 0:
