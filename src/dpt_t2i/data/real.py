@@ -11,6 +11,8 @@ each worker counts its own skips (`loader.DrawSamples` reports them back).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -91,6 +93,20 @@ class RealDPTData:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def identity(self) -> dict:
+        """What makes the samples what they are (a latent cache records it): the seed, K, the
+        resolution, and a digest of the images' ids, file names and captions and the refs."""
+        digest = hashlib.sha256()
+        for item in self.items:
+            digest.update(json.dumps([item.image_id, item.path.name, item.captions]).encode())
+        for image_id in sorted(self.refs_by_image):
+            for ref in self.refs_by_image[image_id]:
+                digest.update(json.dumps([ref.ref_id, ref.sentences, list(ref.box)]).encode())
+        return {"kind": FAMILY, "images": len(self.items),
+                "refs": sum(map(len, self.refs_by_image.values())), "seed": self.seed,
+                "n_negatives": self.n_negatives, "resolution": self.resolution,
+                "digest": digest.hexdigest()[:16]}
 
     def image_index(self, index: int) -> int:
         """The position in `items` of sample `index`'s image (its epoch's seeded order)."""

@@ -29,6 +29,11 @@ class ShapesSource:
     def sample(self, index: int) -> DPTSample:
         return make_dpt_sample(self.seed, index, self.split, self.n_negatives)
 
+    def identity(self) -> dict:
+        """What makes the stream's samples what they are (a latent cache records it)."""
+        return {"kind": "shapes", "seed": self.seed, "split": self.split,
+                "n_negatives": self.n_negatives}
+
 
 def draw_samples(source: SampleSource, first: int, count: int) -> list[DPTSample]:
     """Samples first .. first+count-1; one that cannot be read is replaced by a later one."""

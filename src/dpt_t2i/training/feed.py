@@ -2,8 +2,9 @@
 
 `open_feed` joins a source to the step: the slot's samples are drawn (ahead, by DataLoader
 workers, `data.loader`) and passed through the frozen VAE and text encoder
-(`inputs.encode_batch`). The loop asks `feed.inputs(slot)` once per micro-step, in slot
-order, and reads `feed.skipped` for its summary.
+(`inputs.encode_batch`), or, from a `cache.LatentCache`, the slot's rows are read (ahead too)
+and the encoders are skipped (`cache.cached_inputs`). The loop asks `feed.inputs(slot)` once
+per micro-step, in slot order, and reads `feed.skipped` for its summary.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import Tensor
 from ..data.loader import DrawSamples, LoaderSettings, SlotLoader
 from ..data.sources import SampleSource
 from ..model.config import DPTConfig
+from .cache import CacheDraw, LatentCache, cached_inputs
 from .inputs import FrozenParts, encode_batch
 
 
@@ -51,19 +53,33 @@ class _EncodeImages:
         return encode_batch(self.parts, item["batch"], self.config, self.need)
 
 
-def open_feed(source: SampleSource, parts: FrozenParts, config: DPTConfig, batch: int,
-              slots: range, need_caption_states: bool,
+class _ReadCache:
+    def __init__(self, cache: LatentCache, config: DPTConfig, need_caption_states: bool,
+                 device):
+        self.empty, self.config, self.need, self.device = (cache.empty, config,
+                                                           need_caption_states, device)
+
+    def __call__(self, item: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        return cached_inputs(item["rows"], self.empty, self.config, self.need, self.device)
+
+
+def open_feed(source: SampleSource | LatentCache, parts: FrozenParts, config: DPTConfig,
+              batch: int, slots: range, need_caption_states: bool,
               loader: LoaderSettings | None = None) -> TrainingFeed:
     """The feed of `slots` (`loader.process_slots`) from a sample source.
 
     Args:
-        source: training samples.
-        parts: the frozen encoders the batches go through.
+        source: training samples, or a latent cache of them (stage 1: `cache.LatentCache`,
+            checked against the run with its `check`).
+        parts: the frozen encoders the batches go through (their device only, from a cache).
         config: the DPT config (which text states the step needs).
         batch: samples per slot.
         slots: this process's slots from the (resumed) first step on.
         need_caption_states: the step also needs the captions as U-Net condition.
         loader: workers, prefetch, pinned memory; None draws inline.
     """
+    if isinstance(source, LatentCache):
+        return TrainingFeed(SlotLoader(CacheDraw(source, batch), slots, loader),
+                            _ReadCache(source, config, need_caption_states, parts.device))
     return TrainingFeed(SlotLoader(DrawSamples(source, batch), slots, loader),
                         _EncodeImages(parts, config, need_caption_states))

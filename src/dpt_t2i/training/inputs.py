@@ -103,8 +103,11 @@ class FrozenParts:
     device: torch.device
 
 
-def frozen_parts(bundle, device: torch.device) -> FrozenParts:
-    bundle.vae.to(device)
-    bundle.text_encoder.to(device)
+def frozen_parts(bundle, device: torch.device, encoders: bool = True) -> FrozenParts:
+    """The bundle's frozen encoders, moved to `device` unless `encoders` is False (a run
+    that reads a latent cache never calls them)."""
+    if encoders:
+        bundle.vae.to(device)
+        bundle.text_encoder.to(device)
     return FrozenParts(bundle.vae, bundle.text_encoder, bundle.tokenizer,
                        Noiser(bundle.scheduler_config), device)
