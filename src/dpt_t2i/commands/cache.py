@@ -64,12 +64,20 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     if args.samples is None and args.coco_captions is None and args.coco_images is None:
         raise ValueError("the Shapes world is endless: give --samples S")
+    if args.batch < 1 or args.n_negatives < 1:
+        raise ValueError(f"--batch and --negatives must be >= 1, got {args.batch} and "
+                         f"{args.n_negatives}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise ValueError(f"--out {args.out} exists and is not an empty folder; give a new one")
+    loader = LoaderSettings(workers=args.workers, pin_memory=device.type == "cuda")
+    data = _read_data(args)  # the files are checked before the model loads
     model = model_folder(args.model)
     quiet_loading()
     bundle = load_bundle(model, device, DTYPES[args.dtype])
-    source, resolution = _source(args, 8 * int(bundle.unet.config.sample_size))
+    source, resolution = _source(args, data, 8 * int(bundle.unet.config.sample_size))
     samples = args.samples if args.samples is not None else len(source)
-    loader = LoaderSettings(workers=args.workers, pin_memory=device.type == "cuda")
     manifest = write_cache(args.out, bundle, source, samples, resolution, args.dtype,
                            batch=args.batch, loader=loader, show_progress=True)
     print(json.dumps({k: manifest[k] for k in ("samples", "resolution", "dtype",
@@ -78,15 +86,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _source(args: argparse.Namespace, model_side: int):
-    """The sample source of the flags and its image side."""
+def _read_data(args: argparse.Namespace):
+    """(captioned images, refs or None) of the COCO / RefCOCO flags; None for Shapes."""
     if args.coco_captions is None and args.coco_images is None:
         if args.refcoco_refs or args.refcoco_instances:
             raise ValueError("RefCOCO files need --coco-captions and --coco-images too")
         if args.resolution not in (None, CANVAS):
             raise ValueError(f"--resolution: Shapes images are {CANVAS} px, got "
                              f"{args.resolution}")
-        return ShapesSource(seed=args.seed, n_negatives=args.n_negatives), CANVAS
+        return None
     if args.coco_captions is None or args.coco_images is None:
         raise ValueError("give both --coco-captions and --coco-images")
     if (args.refcoco_refs is None) != (args.refcoco_instances is None):
@@ -94,5 +102,12 @@ def _source(args: argparse.Namespace, model_side: int):
     captioned = read_coco_captions(args.coco_captions, args.coco_images)
     refs = (read_refcoco(args.refcoco_refs, args.refcoco_instances, args.coco_images, {"train"})
             if args.refcoco_refs else None)
+    return captioned, refs
+
+
+def _source(args: argparse.Namespace, data, model_side: int):
+    """The sample source and its image side (--resolution, else the model's)."""
+    if data is None:
+        return ShapesSource(seed=args.seed, n_negatives=args.n_negatives), CANVAS
     resolution = args.resolution or model_side
-    return RealDPTData(captioned, refs, resolution, args.n_negatives, args.seed), resolution
+    return RealDPTData(*data, resolution, args.n_negatives, args.seed), resolution

@@ -196,7 +196,7 @@ class LatentCache:
 
     def __init__(self, folder: Path, seed: int = 0):
         self.folder, self.seed = Path(folder), seed
-        self.manifest = _read_manifest(self.folder)
+        self.manifest = read_manifest(self.folder)
         self.starts: list[int] = []  # first row of each shard
         total = 0
         for shard in self.manifest["shards"]:
@@ -306,7 +306,9 @@ def _to(device: torch.device, *tensors: Tensor) -> list[Tensor]:
             for t in tensors]
 
 
-def _read_manifest(folder: Path) -> dict:
+def read_manifest(folder: Path) -> dict:
+    """A cache folder's manifest, checked for its keys and format (ValueError naming them)."""
+    folder = Path(folder)
     file = folder / MANIFEST
     if not folder.is_dir():
         raise ValueError(f"cache {folder} is not a folder; make one with dpt cache")
