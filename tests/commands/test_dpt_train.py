@@ -291,3 +291,24 @@ def test_the_paper_preset_sets_the_recipe_and_flags_beside_it_win(tiny_model, tm
     assert record["dpt"]["lora"] == {"rank": 4, "alpha": 4.0, "targets": "all"}
     assert {k: record["settings"][k] for k in ("lr", "lora_lr", "mse_weight", "lr_floor")} == {
         "lr": 1e-4, "lora_lr": 3e-4, "mse_weight": 1.0, "lr_floor": 1.0}
+
+
+def test_memory_switches_are_recorded_and_may_change_on_resume(tiny_model, tmp_path):
+    import torch
+
+    probe, tune = tmp_path / "p", tmp_path / "t"
+    common = ["--model", tiny_model, "--batch", 2, "--checkpoint-every", 1]
+    assert dpt("probe", "--run-dir", probe, "--block", "up0", "--d-model", 32,
+               "--ground-queries", 4, "--steps", 1, *common) == 0
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        assert dpt("tune", "--run-dir", tune, "--init", probe / "final", "--steps", 1,
+                   "--gradient-checkpointing", "--allow-tf32", "--channels-last", *common) == 0
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    settings = json.loads((tune / "run_config.json").read_text())["settings"]
+    assert (settings["gradient_checkpointing"], settings["allow_tf32"],
+            settings["channels_last"]) == (True, True, True)
+    assert dpt("tune", "--run-dir", tune, "--init", probe / "final", "--steps", 2, *common) == 0
+    settings = json.loads((tune / "run_config.json").read_text())["settings"]
+    assert settings["gradient_checkpointing"] is False and settings["steps"] == 2

@@ -113,6 +113,9 @@ def _lora_arguments(p: argparse.ArgumentParser) -> None:
                    help="LoRA on cross-attention only or on all attention (default "
                         f"{LoraSettings.targets})")
     p.add_argument("--lora-lr", type=float, default=TrainSettings.lora_lr)
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute the U-Net's activations in the backward pass: less memory, "
+                   "a slower step (docs/training.md)")
 
 
 def _common(p: argparse.ArgumentParser, stage: str) -> None:
@@ -152,7 +155,14 @@ def _common(p: argparse.ArgumentParser, stage: str) -> None:
                        f"(default {defaults['batch_negatives']}); they give the text-to-image "
                        "half of the matching loss")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"],
-                   default=defaults["mixed_precision"])
+                   default=defaults["mixed_precision"],
+                   help="autocast precision; the frozen weights (U-Net, VAE, text encoder) are "
+                   "stored in it, what trains stays float32 (default no)")
+    p.add_argument("--allow-tf32", action="store_true",
+                   help="TF32 matrix products and convolutions (Ampere and later GPUs)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="the U-Net in channels-last memory format (faster convolutions on "
+                   "recent GPUs)")
     p.add_argument("--checkpoint-every", type=int, default=defaults["checkpoint_every"])
     p.add_argument("--keep-checkpoints", type=int, default=defaults["keep_checkpoints"],
                    metavar="N", help=f"newest checkpoints kept (default "
@@ -363,9 +373,10 @@ def _check_run_folder(run_dir: Path, model: Path, config, settings, resume: bool
 
 
 # settings run_config.json leaves out, and those a resume may change: `steps` moves the end
-# of the learning-rate schedule (training/schedule.py: extended_lr)
+# of the learning-rate schedule (training/schedule.py: extended_lr); the memory and speed
+# switches leave the maths as it was
 _UNRECORDED = ("checkpoint_every", "keep_checkpoints", "log_with")
-_RESUMABLE = _UNRECORDED + ("steps",)
+_RESUMABLE = _UNRECORDED + ("steps", "gradient_checkpointing", "allow_tf32", "channels_last")
 
 
 def _differing(old: dict, record: dict) -> list[str]:

@@ -131,7 +131,7 @@ def _setup(run_dir: Path, bundle, config: DPTConfig, settings: TrainSettings,
         log_with=settings.log_with, project_dir=str(run_dir / "logs"),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     torch.manual_seed(settings.seed)
-    unet = bundle.unet.to(accelerator.device).requires_grad_(False)
+    unet = _frozen_unet(bundle, accelerator.device, settings)
     if settings.stage == "hn-itm":
         return _setup_hn_itm(run_dir, accelerator, bundle, unet, config, settings)
     heads = DPTHeads(config.adapter)
@@ -149,6 +149,32 @@ def _setup(run_dir: Path, bundle, config: DPTConfig, settings: TrainSettings,
     objective, wrapped = accelerator.prepare(objective, optimizer)
     return _Run(run_dir, accelerator, objective, wrapped, optimizer, modules, heads, unet,
                 frozen_parts(bundle, accelerator.device))
+
+
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _frozen_unet(bundle, device: torch.device, settings: TrainSettings) -> nn.Module:
+    """The frozen U-Net, VAE and text encoder on `device`, in the training dtype, with the
+    memory and speed switches of `settings`.
+
+    Under --mixed-precision fp16 / bf16 the frozen weights are stored in that dtype, as
+    diffusers' training scripts store them: autocast computes in it anyway, and the U-Net's
+    weights take half the memory. What trains (LoRA, added later by `add_lora`, and the
+    heads) stays float32.
+    """
+    dtype = WEIGHT_DTYPES[settings.mixed_precision]
+    if settings.allow_tf32:  # Ampere and later GPUs; the flags exist (and do nothing) on a CPU
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    unet = bundle.unet.to(device, dtype).requires_grad_(False)
+    if settings.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if settings.gradient_checkpointing:  # only where gradients cross the U-Net: tune, hn-itm
+        unet.enable_gradient_checkpointing()
+    for part in (bundle.vae, bundle.text_encoder):
+        part.to(dtype=dtype)  # they encode under no_grad; their outputs are cast to float32
+    return unet
 
 
 def _setup_hn_itm(run_dir: Path, accelerator, bundle, unet: nn.Module, config: DPTConfig,

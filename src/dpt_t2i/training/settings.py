@@ -11,6 +11,7 @@ STAGES = ("probe", "tune", "hn-itm")
 # adapter (its rate and loss weights are recorded as 0) and runs shorter.
 STAGE_DEFAULTS = {"probe": {}, "tune": {"lr": 1e-4},
                   "hn-itm": {"steps": 400, "lr": 0.0, "match_weight": 0.0, "ground_weight": 0.0}}
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
 RATES_AND_WEIGHTS = ("lr", "match_weight", "ground_weight", "lora_lr", "mse_weight", "hn_weight",
                      "hn_clip", "grad_clip")
 
@@ -36,13 +37,19 @@ class TrainSettings:
     #                              U-Net pass each; they also give the text-to-image loss)
     hn_weight: float = 1.0       # hn-itm: weight of the hard negative's (clipped) error
     hn_clip: float = 1.0         # hn-itm: that error is clipped at hn_clip x the positive's
-    mixed_precision: str = "no"  # accelerate's: no, fp16, bf16
+    mixed_precision: str = "no"  # accelerate's: no, fp16, bf16; frozen weights stored in it
+    gradient_checkpointing: bool = False  # recompute the U-Net's activations in backward
+    allow_tf32: bool = False     # TF32 matmuls and convolutions on Ampere+ GPUs
+    channels_last: bool = False  # the U-Net's weights (and so its activations) in NHWC
     checkpoint_every: int = 250
     keep_checkpoints: int = 2    # newest checkpoints kept; 0 keeps all (a learning curve)
     seed: int = 0
     log_with: str | None = None  # "tensorboard" to log losses under <run>/logs
 
     def __post_init__(self):
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, "
+                             f"got {self.mixed_precision!r}")
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
         for name in ("steps", "batch", "grad_accum", "checkpoint_every"):
