@@ -203,9 +203,12 @@ def run(args: argparse.Namespace) -> int:
     record["preset"] = getattr(args, "preset", None)
     summary = train_dpt(args.run_dir, bundle, source, config, settings, init_heads,
                         resume=args.resume == "latest", record=record)
-    print(json.dumps({k: summary[k] for k in ("stage", "steps", "wall_s", "s_per_step",
-                                              "skipped_images", "final_losses")}))
-    print(f"DPT weights: {args.run_dir / 'final'}")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one report for the run, not one a process
+        print(json.dumps({k: summary[k] for k in ("stage", "steps", "wall_s", "s_per_step",
+                                                  "skipped_images", "final_losses")}))
+        print(f"DPT weights: {args.run_dir / 'final'}")
     return 0
 
 
