@@ -26,7 +26,7 @@ import torch
 from interleaved import interleaved_medians  # bench/interleaved.py
 
 from dpt_t2i.data.shapes.splits import benchmark_prompts
-from dpt_t2i.generation.guidance import DEFAULT_T_RANGE
+from dpt_t2i.generation.guidance import DEFAULT_ETA, DEFAULT_T_RANGE, DEFAULT_UNIT, UNITS
 from dpt_t2i.generation.methods import Method
 from dpt_t2i.generation.sampling import encode_prompts, initial_latents, make_scheduler, sample
 from dpt_t2i.io.bundle import default_model_path, load_bundle
@@ -41,7 +41,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--eta", type=float, default=10.0)
+    parser.add_argument("--eta", type=float, default=DEFAULT_ETA)
+    parser.add_argument("--unit", choices=UNITS, default=DEFAULT_UNIT,
+                        help="eta's unit (default: dpt generate's; raw eta 10 was the old one)")
     parser.add_argument("--range", type=float, nargs=2, default=DEFAULT_T_RANGE,
                         help="timesteps self-correction applies on (default: dpt generate's)")
     parser.add_argument("--rounds", type=int, default=5)
@@ -70,7 +72,7 @@ def main() -> None:
         return time.perf_counter() - start
 
     def corrected(early_exit, mode="carry"):
-        method = Method(heads, config, args.eta, tuple(args.range), mode=mode,
+        method = Method(heads, config, args.eta, tuple(args.range), mode=mode, unit=args.unit,
                         early_exit=early_exit)
         return method.model_fn(fused, prompts)
 
@@ -82,7 +84,7 @@ def main() -> None:
     median = interleaved_medians(methods, args.rounds)
     per_image = args.batch
     print(f"{args.batch} images, {args.steps} DDIM steps, guidance {args.guidance}, self-correction "
-          f"eta {args.eta} on {args.range[0]:g} <= t <= {args.range[1]:g}, "
+          f"eta {args.eta} ({args.unit}) on {args.range[0]:g} <= t <= {args.range[1]:g}, "
           f"{torch.get_num_threads()} threads, median of {args.rounds} interleaved rounds")
     print("| method | s per batch | ms per image-step | / base | / dpt-fused |")
     print("|---|---|---|---|---|")

@@ -3,7 +3,7 @@
 Times, on the same prompts and seeds with the shipped DPT weights (LoRA fused):
 
 - dpt:              `dpt generate`'s sampling (25 DDIM steps, guidance 7.5);
-- dpt+sc:           the same with self-correction (eta 10);
+- dpt+sc:           the same with self-correction (`dpt generate`'s default settings);
 - referee:          `dpt referee` on the Shapes model (`referee.SHAPES_SETTINGS`: the DPT
                     sample, then 40 referee + SDS iterations), DPT referee;
 - referee-from-noise (with --from-noise): the reference code's settings (160 iterations from
@@ -25,13 +25,13 @@ import torch
 from interleaved import interleaved_medians  # bench/interleaved.py
 
 from dpt_t2i.data.shapes.splits import benchmark_prompts
-from dpt_t2i.generation.guidance import DEFAULT_T_RANGE, SelfCorrection
+from dpt_t2i.generation.guidance import DEFAULT_ETA
+from dpt_t2i.generation.methods import Method
 from dpt_t2i.generation.referee import SHAPES_SETTINGS, RefereeSettings, dpt_scorer, generate
 from dpt_t2i.generation.sampling import (decode, encode_prompts, initial_latents, make_scheduler,
-                                         sample, unet_model_fn)
+                                         sample)
 from dpt_t2i.io.bundle import default_model_path, load_bundle
 from dpt_t2i.io.dpt_folder import default_dpt_path, load_for_sampling
-from dpt_t2i.model.score import MatchScore
 
 
 def main() -> None:
@@ -52,8 +52,6 @@ def main() -> None:
     prompts = (prompts * args.batch)[:args.batch]
     seeds = list(range(1000, 1000 + args.batch))
     cond, uncond = encode_prompts(bundle, prompts), encode_prompts(bundle, [""] * args.batch)
-    score = MatchScore(bundle, heads, config)
-    texts = score.texts(prompts)
     scorer = dpt_scorer(bundle, heads, config)
 
     def sampled(model_fn=None) -> float:
@@ -65,8 +63,8 @@ def main() -> None:
                               model_fn=model_fn))
         return time.perf_counter() - start
 
-    def corrected() -> SelfCorrection:
-        return SelfCorrection(unet_model_fn(bundle), score, texts, 10.0, DEFAULT_T_RANGE)
+    def corrected():
+        return Method(heads, config, DEFAULT_ETA).model_fn(bundle, prompts)  # dpt generate's
 
     def refereed(settings: RefereeSettings) -> float:
         start = time.perf_counter()

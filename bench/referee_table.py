@@ -53,11 +53,11 @@ def _dpt_score():
     import numpy as np
     from PIL import Image
 
-    from dpt_t2i.io.bundle import default_model_path, load_bundle
     from dpt_t2i.data.samples import images_to_tensor
+    from dpt_t2i.generation.referee import dpt_scorer
+    from dpt_t2i.io.bundle import default_model_path, load_bundle
     from dpt_t2i.io.dpt_folder import default_dpt_path, load_for_sampling
     from dpt_t2i.io.image_folder import read_index
-    from dpt_t2i.generation.referee import dpt_scorer
 
     bundle = load_bundle(default_model_path())
     heads, config = load_for_sampling(default_dpt_path(), bundle.unet)

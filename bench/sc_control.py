@@ -21,7 +21,8 @@ from pathlib import Path
 
 from dpt_t2i.data.shapes.splits import benchmark_prompts
 from dpt_t2i.generation import methods
-from dpt_t2i.generation.guidance import MODES, UNITS
+from dpt_t2i.generation.guidance import (DEFAULT_ETA, DEFAULT_MODE, DEFAULT_T_RANGE, DEFAULT_UNIT,
+                                         MODES, UNITS)
 from dpt_t2i.generation.methods import FolderRun, Method, choose_method, generate_folder
 from dpt_t2i.io.bundle import check_model_folder, default_model_path
 
@@ -40,10 +41,10 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--dpt", type=Path, default=None, help="DPT folder (default: shipped)")
-    parser.add_argument("--self-correct", type=float, default=10.0)
-    parser.add_argument("--range", type=float, nargs=2, default=[300, 700])
-    parser.add_argument("--mode", choices=MODES, default="carry")
-    parser.add_argument("--unit", choices=UNITS, default="raw")
+    parser.add_argument("--self-correct", type=float, default=DEFAULT_ETA)
+    parser.add_argument("--range", type=float, nargs=2, default=list(DEFAULT_T_RANGE))
+    parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
+    parser.add_argument("--unit", choices=UNITS, default=DEFAULT_UNIT)
     parser.add_argument("--split", default="ood")
     parser.add_argument("--num-images", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)

@@ -27,8 +27,8 @@ from diffusers import UNet2DConditionModel
 
 from dpt_t2i.model.adapter import AdapterConfig
 from dpt_t2i.model.config import DPTConfig
-from dpt_t2i.model.heads import DPTHeads
 from dpt_t2i.model.features import tap
+from dpt_t2i.model.heads import DPTHeads
 from dpt_t2i.model.lora import LoraSettings, add_lora
 from dpt_t2i.training.objective import DPTObjective
 from dpt_t2i.training.settings import TrainSettings

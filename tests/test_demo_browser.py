@@ -25,7 +25,7 @@ if not CHROMIUM.is_file():
     pytest.skip(f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)",
                 allow_module_level=True)
 
-METHODS = ["base", "dpt", "dpt+sc", "referee"]
+METHODS = ["base", "dpt+sc", "referee"]  # the shipped DPT folder has no LoRA: no DPT column
 
 
 def test_the_page_compares_methods_reports_bad_input_and_serves_two_tabs(tmp_path):
@@ -62,7 +62,7 @@ def test_the_page_compares_methods_reports_bad_input_and_serves_two_tabs(tmp_pat
         for tab, clicked in clicks.items():
             wait_for_images(tab, clicked, timeout=120)
             expect(tab.locator("#status")).to_contain_text(jobs[tab][0])
-            for method in ("dpt", "referee"):  # unticked: hidden
+            for method in ("referee",):  # unticked: hidden
                 expect(tab.locator(f"#result-{element_id(method)}")).to_be_hidden()
         together = {tab: _image_bytes(tab) for tab in jobs}
         generate(other, *jobs[page][0:1], ["base", "dpt+sc"], steps=4, seed=jobs[page][1])

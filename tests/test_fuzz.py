@@ -248,6 +248,8 @@ def _values(action: argparse.Action, sandbox: dict, work: Path, valid_odds: int 
         lambda k: st.sampled_from(valid) if valid and k < valid_odds else junk)
     if action.nargs in ("+", "*"):
         return st.lists(one, min_size=1, max_size=3)
+    if action.nargs == "?":  # the flag alone (its const) or with one value
+        return st.lists(one, min_size=0, max_size=1)
     return st.lists(one, min_size=action.nargs or 1, max_size=action.nargs or 1)
 
 

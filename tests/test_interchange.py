@@ -178,6 +178,7 @@ def test_imported_folder_samples_with_the_legacy_lora(tiny_model, tmp_path, caps
            "--num-images", "1", "--steps", "2"]
     assert main([*gen, "--out", str(tmp_path / "gen")]) == 0
     assert main([*gen, "--out", str(tmp_path / "sc"), "--self-correct", "50",
+                 "--self-correct-unit", "raw", "--self-correct-mode", "carry",
                  "--self-correct-range", "0", "1000"]) == 0
     plain = np.asarray(Image.open(tmp_path / "gen" / "00000.png")).astype(int)
     corrected = np.asarray(Image.open(tmp_path / "sc" / "00000.png")).astype(int)

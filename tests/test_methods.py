@@ -23,18 +23,33 @@ def test_the_shipped_model_means_the_shipped_dpt_weights_and_referee_preset(tiny
 
 def test_choose_method_resolves_flags_as_dpt_generate_does(tiny_model, tiny_dpt):
     shipped = default_dpt_path().resolve()
-    assert choose_method(SHIPPED) == MethodSpec("dpt", dpt=shipped)
+    # the shipped folder is stage 1's adapter (no LoRA): it self-corrects at the defaults
+    assert choose_method(SHIPPED) == MethodSpec("dpt+sc", dpt=shipped, eta=0.1,
+                                                sc_range=(400.0, 600.0), sc_mode="shared",
+                                                sc_unit="noise")
+    assert choose_method(SHIPPED, self_correct=False) == MethodSpec("dpt", dpt=shipped)
     assert choose_method(SHIPPED, base=True) == MethodSpec("base")
     assert choose_method(SHIPPED, attend_excite=True, subject_words=("circle",)) == \
         MethodSpec("attend-excite", subject_words=("circle",))
-    assert choose_method(SHIPPED, eta=5.0, sc_mode="predict-only") == \
-        MethodSpec("dpt+sc", dpt=shipped, eta=5.0, sc_mode="predict-only")
-    assert choose_method(SHIPPED, eta=0.1, sc_mode="x0", sc_unit="noise") == \
-        MethodSpec("dpt+sc", dpt=shipped, eta=0.1, sc_mode="x0", sc_unit="noise")
+    assert choose_method(SHIPPED, eta=5.0, sc_mode="predict-only", sc_unit="raw") == \
+        MethodSpec("dpt+sc", dpt=shipped, eta=5.0, sc_mode="predict-only", sc_unit="raw")
+    assert choose_method(SHIPPED, eta=0.3, sc_mode="x0") == \
+        MethodSpec("dpt+sc", dpt=shipped, eta=0.3, sc_mode="x0", sc_unit="noise")
     assert choose_method(tiny_model) == MethodSpec("base")  # no shipped weights for it
+    # a folder with LoRA samples as DPT; self-correction when asked, at the default step
     assert choose_method(tiny_model, dpt=tiny_dpt) == MethodSpec("dpt", dpt=tiny_dpt.resolve())
-    with pytest.raises(ValueError, match="--self-correct needs DPT weights"):
-        choose_method(tiny_model, eta=1.0)
+    assert choose_method(tiny_model, dpt=tiny_dpt, self_correct=True) == \
+        MethodSpec("dpt+sc", dpt=tiny_dpt.resolve(), eta=0.1)
+    for refused, message in (({"eta": 1.0}, "--self-correct needs DPT weights"),
+                             ({"self_correct": True}, "--self-correct needs DPT weights"),
+                             ({"dpt": tiny_dpt, "self_correct": True, "sc_unit": "raw"},
+                              "--self-correct-unit raw needs a step size"),
+                             ({"dpt": tiny_dpt, "self_correct": False, "eta": 0.1},
+                              "--no-self-correct cannot go with"),
+                             ({"dpt": tiny_dpt, "eta": 10.0},
+                              "would move z_t by 10 times its noise level")):
+        with pytest.raises(ValueError, match=message):
+            choose_method(tiny_model, **refused)
     with pytest.raises(ValueError, match="is not a DPT folder"):
         choose_method(tiny_model, dpt=tiny_model)
 
@@ -61,13 +76,13 @@ def test_index_fields_name_the_method_and_its_settings():
     assert MethodSpec("base").index_fields() == {"method": "base"}
     assert MethodSpec("attend-excite").index_fields() == {"method": "attend-excite"}
     assert MethodSpec("dpt", dpt=folder).index_fields() == {"method": "dpt", "dpt": "/w/dpt"}
-    assert MethodSpec("dpt+sc", dpt=folder, eta=10.0).index_fields() == {
+    assert MethodSpec("dpt+sc", dpt=folder, eta=10.0, sc_range=(300.0, 700.0), sc_mode="carry",
+                      sc_unit="raw").index_fields() == {
         "method": "dpt+sc", "dpt": "/w/dpt", "eta": 10.0, "sc_range": [300.0, 700.0],
         "sc_mode": "carry"}  # as records written before units existed say it
-    assert MethodSpec("dpt+sc", dpt=folder, eta=0.1, sc_mode="x0", sc_unit="noise"
-                      ).index_fields() == {
-        "method": "dpt+sc", "dpt": "/w/dpt", "eta": 0.1, "sc_range": [300.0, 700.0],
-        "sc_mode": "x0", "sc_unit": "noise"}
+    assert MethodSpec("dpt+sc", dpt=folder, eta=0.1).index_fields() == {
+        "method": "dpt+sc", "dpt": "/w/dpt", "eta": 0.1, "sc_range": [400.0, 600.0],
+        "sc_mode": "shared", "sc_unit": "noise"}
 
 
 def test_plan_records_seeds_files_and_settings():

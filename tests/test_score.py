@@ -217,9 +217,9 @@ def test_training_under_each_scores_every_candidate_as_the_score_does(bundle, he
     seen = {}
     real = heads.matching.candidates
 
-    def spy(scores, texts, n_batch):
+    def spy(scores, texts, n_batch, **kwargs):
         seen.update(scores=scores, n_batch=n_batch)
-        return real(scores, texts, n_batch)
+        return real(scores, texts, n_batch, **kwargs)
 
     monkeypatch.setattr(heads.matching, "candidates", spy)
     objective = DPTObjective(bundle.unet, heads, config, TrainSettings(batch_negatives=1))

@@ -2,7 +2,7 @@
 
     python tools/demo_screenshot.py --out docs/demo.png
 
-starts `dpt serve` on a free port, types a prompt, generates the base model, DPT and DPT + SC
+starts `dpt serve` on a free port, types a prompt, generates the base model and DPT + SC
 (25 steps; `--runs N` repeats with seeds 0..N-1), prints the time from the click to the
 images and saves a screenshot of the page (the README's). The browser test
 (tests/test_demo_browser.py) drives the page with the same helpers. Needs the `playwright`
@@ -146,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the screenshot (default docs/demo.png)")
     parser.add_argument("--prompt", default="a red circle and a blue square")
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--methods", default="base,dpt,dpt+sc",
-                        help="comma-separated method keys (default base,dpt,dpt+sc)")
+    parser.add_argument("--methods", default="base,dpt+sc",
+                        help="comma-separated method keys (default base,dpt+sc; dpt where the "
+                             "DPT folder holds LoRA)")
     parser.add_argument("--runs", type=int, default=1,
                         help="generate this many times (seeds 0, 1, ...); the screenshot shows "
                              "the last (default 1)")

@@ -265,7 +265,8 @@ DIVERGING = {  # case: (arguments, what the error must say)
                      r"sampling diverged at step 1 of 2 \(timestep \d+\): the latents reached "
                      r"[\d.e+]+, past 1000; lower the guidance scale \(--guidance, 1e\+09 "
                      r"here\)$"),
-    "self-correct 1e30": (["--self-correct", "1e30", "--self-correct-range", "0", "1000"],
+    "self-correct 1e30": (["--self-correct", "1e30", "--self-correct-unit", "raw",
+                           "--self-correct-mode", "carry", "--self-correct-range", "0", "1000"],
                           r"sampling diverged at step 1 of 2 \(timestep \d+\): the latents are "
                           r"no longer finite numbers; lower the self-correction step size "
                           r"\(--self-correct\) or the guidance scale \(--guidance, 3 here\)$"),
@@ -304,6 +305,11 @@ def test_console_script_bad_model_path(tmp_path):
 # ------------------------------------------------------------------------------ DPT methods
 
 
+# the tiny random adapter's gradient is small: a raw step of 50 on every step moves the image
+RAW_SC = ["--self-correct", "50", "--self-correct-unit", "raw", "--self-correct-mode", "carry",
+          "--self-correct-range", "0", "1000"]
+
+
 @pytest.fixture(scope="module")
 def dpt_runs(tiny_model, tiny_dpt, tmp_path_factory):
     """The same two images (seeds 3, 4) by base, DPT, and DPT + self-correction."""
@@ -311,8 +317,8 @@ def dpt_runs(tiny_model, tiny_dpt, tmp_path_factory):
     common = ["generate", "--model", str(tiny_model), *FAST, "--prompt", "a red circle",
               "--num-images", "2", "--seed", "3"]
     methods = {"base": [], "dpt": ["--dpt", str(tiny_dpt)],
-               "sc": ["--dpt", str(tiny_dpt), "--self-correct", "50"],
-               "sc-again": ["--dpt", str(tiny_dpt), "--self-correct", "50"]}
+               "sc": ["--dpt", str(tiny_dpt), *RAW_SC],
+               "sc-again": ["--dpt", str(tiny_dpt), *RAW_SC]}
     for name, extra in methods.items():
         assert main([*common, "--out", str(root / name), *extra]) == 0
     return root
@@ -332,7 +338,7 @@ def test_methods_are_recorded(dpt_runs, tiny_dpt):
     assert dpt["method"] == "dpt" and dpt["dpt"] == str(tiny_dpt.resolve()) and "eta" not in dpt
     sc = _records(dpt_runs / "sc")[0]
     assert (sc["method"], sc["eta"], sc["sc_range"], sc["sc_mode"]) == \
-        ("dpt+sc", 50.0, [300.0, 700.0], "carry")
+        ("dpt+sc", 50.0, [0.0, 1000.0], "carry") and "sc_unit" not in sc  # raw: unrecorded
 
 
 def test_each_method_changes_the_image_and_is_deterministic(dpt_runs):

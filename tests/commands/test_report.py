@@ -16,7 +16,25 @@ def dpt(*argv) -> int:
 
 
 QUICK = ["--per-family", 1, "--num-images", 1, "--n-itm", 4, "--n-itm-diffusion", 2,
-         "--n-rec", 4, "--etas", "0,10", "--no-attend-excite", "--threads", 2]
+         "--n-rec", 4, "--etas", "0,0.1", "--no-attend-excite", "--threads", 2]
+
+
+def _tune_like(shipped, out):
+    """A `dpt tune` final/ of the shipped adapter: small seeded LoRA on cross-attention."""
+    import torch
+
+    from dpt_t2i.io.bundle import default_model_path, load_bundle
+    from dpt_t2i.io.dpt_folder import load_dpt, save_dpt
+    from dpt_t2i.model.lora import LoraSettings, add_lora
+
+    unet = load_bundle(default_model_path()).unet
+    heads, config = load_dpt(shipped)
+    config.lora = LoraSettings(rank=4, alpha=4.0, targets="cross")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in add_lora(unet, config.lora):
+            p.copy_(0.02 * torch.randn(p.shape, generator=generator))
+    save_dpt(out, heads, config, unet)
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +42,8 @@ def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     shipped = default_dpt_path()
     curve = root / "tune-run"  # a tune run folder with one kept checkpoint
-    (curve / "step-00000010").mkdir(parents=True)
-    (curve / "final").mkdir()
-    for name in ("heads.safetensors", "lora.safetensors"):
-        shutil.copy(shipped / name, curve / "step-00000010" / name)
-    shutil.copy(shipped / "dpt_config.json", curve / "final" / "dpt_config.json")
+    _tune_like(shipped, curve / "final")
+    shutil.copytree(curve / "final", curve / "step-00000010")
     sweep = root / "sweep" / "up1"
     sweep.mkdir(parents=True)
     block = {"itm": {s: {"overall": 0.6} for s in ("id", "ood")},
@@ -65,9 +80,9 @@ def test_report_numbers_are_the_folders_numbers(report):
             row = data["generation"][name][split]
             assert row["n"] == 5 and row["overall"] == direct[split]["overall"]
             assert row["fd"] > 0
-    # eta 0 is the DPT row's generation, eta 10 the DPT + SC row's
+    # eta 0 is the DPT row's generation, eta 0.1 the DPT + SC row's
     assert data["eta_sweep"]["0"] == data["generation"]["dpt"]["ood"]
-    assert data["eta_sweep"]["10"] == data["generation"]["dpt+sc"]["ood"]
+    assert data["eta_sweep"]["0.1"] == data["generation"]["dpt+sc"]["ood"]
     disc = data["discriminative"]
     assert set(disc) == {"clip", "diffusion-itm", "stage1", "stage2"}
     assert disc["stage1"]["itm"] == disc["stage2"]["itm"]  # the same folder was given twice
@@ -110,6 +125,8 @@ def test_a_cached_folder_made_otherwise_is_not_reused(report):
 @pytest.mark.parametrize("extra,message", [
     (["--etas", "0,-1"], "--etas"),
     (["--eta", "0"], "--eta must be"),
+    (["--eta", "10"], "<= 1 (a fraction of the noise level), got 10"),
+    (["--etas", "0,5"], "--etas must be comma-separated numbers from 0 to 1"),
     (["--hn-itm", "/nonexistent"], "--hn-itm"),
     (["--per-family", "0"], "--per-family"),
 ])

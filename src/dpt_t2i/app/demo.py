@@ -36,6 +36,7 @@ from ..data.prompt_text import normalise_prompt
 from ..data.samples import images_to_tensor
 from ..data.shapes.grammar import Prompt, PromptError, parse_prompt
 from ..data.shapes.judge import Verdict, judge
+from ..generation.guidance import DEFAULT_ETA, MAX_NOISE_ETA
 from ..generation.methods import METHODS as REGISTRY
 from ..generation.methods import Method, check_lengths, check_vocabulary, sample_images
 from ..generation.referee import RefereeSettings, dpt_scorer, generate
@@ -114,12 +115,14 @@ class Demo:
     def methods(self) -> list[str]:
         """The METHODS keys this model can run: DPT needs DPT weights, DPT + SC and the
         referee need their adapter."""
+        lora = self.config is not None and self.config.lora is not None
         return [key for key in METHODS
                 if (self.dpt_bundle is not None or not REGISTRY[key].dpt)
-                and (self.heads is not None or not REGISTRY[key].adapter)]
+                and (self.heads is not None or not REGISTRY[key].adapter)
+                and (key != "dpt" or lora)]  # without LoRA, DPT's image is the base model's
 
     def generate(self, prompt: str, methods: Sequence[str], seed: int = 0, steps: int = 25,
-                 eta: float = 10.0, referee_iterations: int | None = None,
+                 eta: float = DEFAULT_ETA, referee_iterations: int | None = None,
                  progress: Progress | None = None) -> Comparison:
         """One image per chosen method from the same seed, scored and judged.
 
@@ -128,7 +131,9 @@ class Demo:
             methods: keys of METHODS, a subset of `self.methods`.
             seed: the starting noise's seed (as image 0 of `dpt generate --seed S`).
             steps: denoising steps of base, DPT and DPT + SC.
-            eta: self-correction step size of DPT + SC (`dpt generate --self-correct ETA`).
+            eta: self-correction step size of DPT + SC, a fraction of the noise level
+                (`dpt generate --self-correct ETA`; its mode, unit and timesteps are
+                `dpt generate`'s defaults).
             referee_iterations: the referee's iterations (default: `self.referee`'s).
             progress: told of each denoising step and referee iteration.
 
@@ -174,8 +179,9 @@ class Demo:
         steps = _whole(steps, "the number of steps", 1, max_steps(self.bundle.scheduler_config))
         iterations = _whole(iterations, "the referee's iterations", 1)
         if "dpt+sc" in methods and not (isinstance(eta, (int, float)) and math.isfinite(eta)
-                                        and eta > 0):
-            raise ValueError(f"the self-correction strength eta must be a number > 0, got {eta}")
+                                        and 0 < eta <= MAX_NOISE_ETA):
+            raise ValueError(f"the self-correction strength eta must be a number > 0 and <= "
+                             f"{MAX_NOISE_ETA:g} (a fraction of the noise level), got {eta}")
         return prompt, seed, steps, iterations
 
     def _parse(self, prompt: str) -> tuple[Prompt | None, str | None]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from ..generation.guidance import DEFAULT_T_RANGE
+from ..generation.guidance import DEFAULT_ETA, DEFAULT_T_RANGE, MAX_NOISE_ETA
 from .demo import EXAMPLES, METHODS, SCORE_TIMESTEP, Comparison, Demo, Shown, describe
 
 DEFAULT_METHODS = ("base", "dpt", "dpt+sc")  # the referee is slower: ticked by choice
@@ -62,9 +62,10 @@ def build_page(demo: Demo, title: str = "dpt-t2i: methods side by side") -> gr.B
             steps = gr.Slider(1, 100, value=25, step=1, label="Denoising steps", scale=2,
                               elem_id="steps")
         with gr.Row():
-            eta = gr.Slider(0.5, 50, value=10, step=0.5, label="Self-correction strength eta",
-                            info=f"DPT + SC: z_t <- z_t + eta * grad s(z_t, y) at "
-                                 f"{low:g} <= t <= {high:g}",
+            eta = gr.Slider(0.02, MAX_NOISE_ETA, value=DEFAULT_ETA, step=0.02,
+                            label="Self-correction strength eta",
+                            info=f"DPT + SC: z_t moves by eta x its noise level along "
+                                 f"grad s(z_t, y) at {low:g} <= t <= {high:g}",
                             visible="dpt+sc" in methods, elem_id="eta")
             referee_steps = demo.referee.iterations
             iterations = gr.Slider(1, 2 * referee_steps, value=referee_steps, step=1,

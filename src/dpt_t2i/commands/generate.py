@@ -8,10 +8,13 @@ nothing and an interruption never leaves an index that names a missing image. On
 writes DIR at a time (a lock beside it); a killed run leaves its finished images staged
 beside DIR, and `--resume` with the same flags makes only the rest.
 
-Methods: on the shipped Shapes model the default is DPT (its shipped DPT weights, LoRA fused
-into the U-Net); `--base` samples the model alone; `--dpt PATH` takes another DPT folder
-(on a model other than the shipped one, the default is the base model); `--self-correct ETA`
-adds self-correction, z_t <- z_t + ETA * grad s(z_t, y) before each noise prediction.
+Methods: on the shipped Shapes model the default is DPT + self-correction (its shipped DPT
+folder holds stage 1's adapter, whose matching score steers the latent); `--base` samples the
+model alone; `--dpt PATH` takes another DPT folder (on a model other than the shipped one,
+the default is the base model). A folder with LoRA samples as DPT (the LoRA fused into the
+U-Net) and `--self-correct [ETA]` adds self-correction, z_t <- z_t + step along grad
+s(z_t, y) before each noise prediction on 400 <= t <= 600; a folder without LoRA
+self-corrects by default, and `--no-self-correct` turns it off.
 `--attend-excite` samples the base model with Attend-and-Excite (diffusers' pipeline; subject
 tokens found automatically, or `--subject-words`), a baseline.
 
@@ -36,7 +39,7 @@ from pathlib import Path
 from ..data.benchmarks import (COMPBENCH_IMAGES_PER_PROMPT, BenchmarkPrompt, check_compbench_out,
                                check_compbench_prompts, check_geneval_out, write_compbench_layout,
                                write_geneval_layout)
-from ..generation.guidance import MODES, UNITS
+from ..generation.guidance import DEFAULT_ETA, MODES, UNITS
 from ..generation.methods import (FolderRun, MethodSpec, SamplerSettings, check_self_correction,
                                   choose_method, generate_folder)
 from ..generation.sampling import SCHEDULERS
@@ -44,6 +47,8 @@ from ..io.folder_writer import output_lock
 from ..io.image_folder import INDEX
 from .model_args import add_threads_argument, model_folder, quiet_loading, set_threads
 from .prompt_input import add_benchmark_arguments, add_prompt_arguments, read_prompt_set
+
+DEFAULT_STEP = object()  # --self-correct without a value: the default step (guidance.DEFAULT_ETA)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -77,29 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "GPU; recorded in the index when not fp32)")
     gen.add_argument("--model", type=Path, default=None, metavar="PATH",
                      help="a Stable Diffusion diffusers folder (default: the shipped Shapes model)")
-    gen.add_argument("--base", action="store_true",
-                     help="sample the model without DPT weights")
-    gen.add_argument("--dpt", type=Path, default=None, metavar="PATH",
-                     help="a DPT folder (default: the shipped Shapes DPT weights on the shipped "
-                          "model; none on other models)")
-    gen.add_argument("--self-correct", type=float, default=None, metavar="ETA",
-                     help="self-correction step size eta, > 0 (the raw gradient's scale depends "
-                          "on the model: 10 on the Shapes model); off by default")
-    gen.add_argument("--self-correct-range", type=float, nargs=2, default=MethodSpec.sc_range,
-                     metavar=("LOW", "HIGH"),
-                     help="correct only at timesteps LOW <= t <= HIGH (default 300 700, "
-                          "chosen on the Shapes model: docs/dpt-shapes.md)")
-    gen.add_argument("--self-correct-mode", choices=MODES, default=MethodSpec.sc_mode,
-                     help="carry: the score reads z_t and later steps continue from the "
-                          "corrected latent (default); predict-only: only the conditional "
-                          "noise prediction sees it, as the authors' sampler does; x0: the "
-                          "score reads the predicted clean latent and the correction moves it; "
-                          "shared: the score reads the guidance's own pass (no extra forward "
-                          "pass) and the correction moves the latent")
-    gen.add_argument("--self-correct-unit", choices=UNITS, default=MethodSpec.sc_unit,
-                     help="raw: the step is eta x the score's gradient (default; eq. 9); noise: "
-                          "eta x the noise level of z_t along the gradient's direction, the "
-                          "same scale on every model")
+    _method_arguments(gen)
     gen.add_argument("--attend-excite", action="store_true",
                      help="baseline: the base model sampled with Attend-and-Excite")
     gen.add_argument("--subject-words", default=None, metavar="W,W,...",
@@ -127,12 +110,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.set_defaults(run=run)
 
 
+def _method_arguments(p: argparse.ArgumentParser) -> None:
+    """DPT and self-correction: which weights, and how the score steers."""
+    p.add_argument("--base", action="store_true",
+                   help="sample the model without DPT weights")
+    p.add_argument("--dpt", type=Path, default=None, metavar="PATH",
+                   help="a DPT folder (default: the shipped Shapes DPT weights on the shipped "
+                        "model; none on other models)")
+    p.add_argument("--self-correct", type=float, nargs="?", const=DEFAULT_STEP,
+                   default=None, metavar="ETA",
+                   help=f"self-correct with step size ETA > 0 (default {DEFAULT_ETA:g} of "
+                        "the noise level, see --self-correct-unit); on by default for a DPT "
+                        "folder without LoRA (the shipped one), off for one with LoRA")
+    p.add_argument("--no-self-correct", action="store_true",
+                   help="sample a DPT folder without self-correction (its LoRA only)")
+    low, high = MethodSpec.sc_range
+    p.add_argument("--self-correct-range", type=float, nargs=2, default=MethodSpec.sc_range,
+                   metavar=("LOW", "HIGH"),
+                   help=f"correct only at timesteps LOW <= t <= HIGH (default {low:g} "
+                        f"{high:g}, chosen on the Shapes model: docs/dpt-shapes.md)")
+    p.add_argument("--self-correct-mode", choices=MODES, default=MethodSpec.sc_mode,
+                   help="shared: the score reads the guidance's own pass (no extra forward "
+                        "pass) and the correction moves the latent (default); carry: the "
+                        "score reads z_t in a pass of its own and later steps continue from "
+                        "the corrected latent; predict-only: only the conditional noise "
+                        "prediction sees it, as the authors' sampler does; x0: the score "
+                        "reads the predicted clean latent and the correction moves it")
+    p.add_argument("--self-correct-unit", choices=UNITS, default=MethodSpec.sc_unit,
+                   help="noise: the step is ETA x the noise level of z_t along the "
+                        "gradient's direction, the same scale on every model (default); "
+                        "raw: ETA x the score's gradient (eq. 9; its scale depends on the "
+                        "model: about 10 on the Shapes model)")
+
+
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     sampler = SamplerSettings(args.steps, args.guidance, args.scheduler, args.batch_size,
                               args.device, args.dtype)
-    check_self_correction(args.self_correct, tuple(args.self_correct_range),
-                          args.self_correct_mode, args.self_correct_unit)
+    check_self_correction(None if args.self_correct is DEFAULT_STEP else args.self_correct,
+                          tuple(args.self_correct_range), args.self_correct_mode,
+                          args.self_correct_unit)
     _check_flags(args)
     prompts, benchmark = read_prompt_set(args)
     if args.compbench_out is not None:
@@ -141,11 +158,13 @@ def run(args: argparse.Namespace) -> int:
     model = model_folder(args.model)
     words = None if args.subject_words is None else \
         tuple(w.strip() for w in args.subject_words.split(",") if w.strip())
-    spec = choose_method(model, base=args.base, dpt=args.dpt, eta=args.self_correct,
+    eta = None if args.self_correct is DEFAULT_STEP else args.self_correct
+    asked = False if args.no_self_correct else (True if args.self_correct is not None else None)
+    spec = choose_method(model, base=args.base, dpt=args.dpt, eta=eta,
                          sc_range=tuple(args.self_correct_range),
                          sc_mode=args.self_correct_mode, sc_unit=args.self_correct_unit,
-                         attend_excite=args.attend_excite,
-                         subject_words=words)
+                         attend_excite=args.attend_excite, subject_words=words,
+                         self_correct=asked)
     job = FolderRun(model, prompts, args.out, spec, sampler, args.num_images, args.seed,
                     benchmark, args.overwrite, args.resume)
     layout = next(((flag, getattr(args, flag)) for flag in LAYOUTS
@@ -179,8 +198,11 @@ LAYOUTS = {"geneval_out": (check_geneval_out, write_geneval_layout,
 def _check_flags(args: argparse.Namespace) -> None:
     """Flags that cannot go together (the values are checked by the library's dataclasses)."""
     eta = args.self_correct
-    if args.base and (args.dpt is not None or eta is not None):
-        flag = "--dpt" if args.dpt is not None else "--self-correct"
+    if args.no_self_correct and eta is not None:
+        raise ValueError("--no-self-correct cannot go with --self-correct")
+    if args.base and (args.dpt is not None or eta is not None or args.no_self_correct):
+        flag = "--dpt" if args.dpt is not None else (
+            "--self-correct" if eta is not None else "--no-self-correct")
         raise ValueError(f"--base samples the model without DPT; it cannot go with {flag}")
     if args.attend_excite and (args.base or args.dpt is not None or eta is not None):
         raise ValueError("--attend-excite samples the base model its own way; it cannot go "

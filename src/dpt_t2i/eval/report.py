@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..data.shapes.splits import benchmark_prompts
+from ..generation.guidance import DEFAULT_ETA, MAX_NOISE_ETA
 from ..generation.methods import (FolderRun, MethodSpec, SamplerSettings, choose_method,
                                   generate_folder)
 from ..io.bundle import check_model_folder, default_model_path
@@ -56,8 +57,8 @@ class ReportSettings:
     seed: int = 1000                   # image k of a generation uses seed + k
     num_images: int = 4                # per prompt
     steps: int = 25
-    eta: float = 10.0                  # self-correction strength of "DPT + SC"
-    etas: tuple[float, ...] = (0, 5, 10, 20, 40)  # Fig. 4b
+    eta: float = DEFAULT_ETA           # "DPT + SC": a fraction of the noise level (guidance.py)
+    etas: tuple[float, ...] = (0, 0.05, 0.1, 0.2, 0.4)  # Fig. 4b
     n_itm: int = 200                   # ITM items per split (DPT and CLIP)
     n_itm_diffusion: int = 100         # ITM items per split for DiffusionITM (10 U-Net passes each)
     n_rec: int = 400
@@ -70,15 +71,18 @@ class ReportSettings:
     splits: tuple[str, ...] = field(default=SPLITS)
 
     def __post_init__(self):
-        if not self.etas or not all(math.isfinite(e) and e >= 0 for e in self.etas):
-            raise ValueError(f"--etas must be comma-separated numbers >= 0, got "
+        if not self.etas or not all(math.isfinite(e) and 0 <= e <= MAX_NOISE_ETA
+                                    for e in self.etas):
+            raise ValueError(f"--etas must be comma-separated numbers from 0 to "
+                             f"{MAX_NOISE_ETA:g} (fractions of the noise level), got "
                              f"{','.join(f'{e:g}' for e in self.etas)!r}")
         for name in ("num_images", "n_itm", "n_itm_diffusion", "n_rec", "per_family"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, "
                                  f"got {getattr(self, name)}")
-        if not (math.isfinite(self.eta) and self.eta > 0):
-            raise ValueError(f"--eta must be a finite number > 0, got {self.eta}")
+        if not (math.isfinite(self.eta) and 0 < self.eta <= MAX_NOISE_ETA):
+            raise ValueError(f"--eta must be a finite number > 0 and <= {MAX_NOISE_ETA:g} "
+                             f"(a fraction of the noise level), got {self.eta}")
 
 
 class Work:
@@ -192,7 +196,7 @@ def methods(inputs: ReportInputs, settings: ReportSettings, model: Path
         "attend-excite": choose_method(model, attend_excite=True)
         if settings.attend_excite else None,
         "hn-itm": choose_method(model, dpt=inputs.hn_itm) if inputs.hn_itm else None,
-        "dpt": choose_method(model, dpt=inputs.dpt),
+        "dpt": choose_method(model, dpt=inputs.dpt, self_correct=False),
         "dpt+sc": choose_method(model, dpt=inputs.dpt, eta=settings.eta),
     }
 
@@ -234,7 +238,8 @@ def _eta_name(eta: float, s: ReportSettings) -> str:
 
 
 def _eta_method(work: Work, inputs: ReportInputs, eta: float) -> MethodSpec:
-    return choose_method(work.model, dpt=inputs.dpt, eta=eta if eta > 0 else None)
+    return choose_method(work.model, dpt=inputs.dpt, eta=eta if eta > 0 else None,
+                         self_correct=eta > 0)
 
 
 def _ablations(work: Work, inputs: ReportInputs, table1: dict) -> dict:

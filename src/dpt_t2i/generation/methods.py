@@ -38,7 +38,8 @@ from ..io.image_folder import numbered_records, write_png
 from ..model.latents import Noiser
 from ..model.score import MatchScore
 from .attend_excite import build_pipeline, sample_attend_excite, subject_words, token_indices
-from .guidance import DEFAULT_T_RANGE, SelfCorrection, check_mode
+from .guidance import (DEFAULT_ETA, DEFAULT_MODE, DEFAULT_T_RANGE, DEFAULT_UNIT, MAX_NOISE_ETA,
+                       SelfCorrection, check_mode)
 from .referee import SHAPES_SETTINGS, RefereeSettings
 from .sampling import (SCHEDULERS, check_seeds, check_steps, decode, encode_prompts,
                        image_generators, initial_latents, make_scheduler, sample, unet_model_fn)
@@ -103,8 +104,8 @@ class MethodSpec:
     dpt: Path | None = None             # the DPT folder of dpt and dpt+sc (resolved)
     eta: float | None = None            # dpt+sc: self-correction step size (> 0)
     sc_range: tuple[float, float] = DEFAULT_T_RANGE  # dpt+sc: timesteps corrected
-    sc_mode: str = "carry"              # dpt+sc: a key of guidance.MODES
-    sc_unit: str = "raw"                # dpt+sc: eta's unit, a key of guidance.UNITS
+    sc_mode: str = DEFAULT_MODE         # dpt+sc: a key of guidance.MODES
+    sc_unit: str = DEFAULT_UNIT         # dpt+sc: eta's unit, a key of guidance.UNITS
     subject_words: tuple[str, ...] | None = None  # attend-excite: None finds them
 
     def __post_init__(self):
@@ -137,6 +138,11 @@ def check_self_correction(eta: float | None, sc_range: tuple[float, float], mode
     LOW <= HIGH, or an unknown mode or unit (named as `dpt generate`'s flags name them)."""
     if eta is not None and not (math.isfinite(eta) and eta > 0):
         raise ValueError(f"--self-correct must be a finite number > 0, got {eta}")
+    if eta is not None and unit == "noise" and eta > MAX_NOISE_ETA:
+        raise ValueError(f"--self-correct {eta:g} with --self-correct-unit noise would move "
+                         f"z_t by {eta:g} times its noise level; that unit wants a fraction "
+                         f"(default {DEFAULT_ETA:g}). For the raw gradient step of eq. 9 (about "
+                         "10 on the Shapes model) add --self-correct-unit raw")
     low, high = sc_range
     if not (math.isfinite(low) and math.isfinite(high) and low <= high):
         raise ValueError(f"--self-correct-range needs finite LOW <= HIGH, got {low} {high}")
@@ -161,12 +167,16 @@ def referee_preset(model: Path) -> RefereeSettings:
 
 def choose_method(model: Path, base: bool = False, dpt: Path | None = None,
                   eta: float | None = None, sc_range: tuple[float, float] = DEFAULT_T_RANGE,
-                  sc_mode: str = "carry", sc_unit: str = "raw", attend_excite: bool = False,
-                  subject_words: tuple[str, ...] | None = None) -> MethodSpec:
+                  sc_mode: str = DEFAULT_MODE, sc_unit: str = DEFAULT_UNIT,
+                  attend_excite: bool = False, subject_words: tuple[str, ...] | None = None,
+                  self_correct: bool | None = None) -> MethodSpec:
     """The method `dpt generate`'s flags choose, with the DPT folder checked and resolved.
 
     Without `dpt`, the shipped model samples with its shipped DPT weights and any other
-    model with none (self-correction then needs `dpt`).
+    model with none (self-correction then needs `dpt`). `self_correct` None: a DPT folder
+    with LoRA samples as DPT (self-correction only with `eta`), and one without (stage 1's
+    adapter alone, as shipped) with self-correction at `eta` or DEFAULT_ETA, since without
+    it such a folder would sample the base model; False: no self-correction; True: with it.
     """
     if attend_excite:
         return MethodSpec("attend-excite", subject_words=subject_words)
@@ -174,13 +184,22 @@ def choose_method(model: Path, base: bool = False, dpt: Path | None = None,
         return MethodSpec("base")
     folder = dpt if dpt is not None else shipped_dpt(model)
     if folder is None:
-        if eta is not None:
+        if eta is not None or self_correct:
             raise ValueError("--self-correct needs DPT weights: pass --dpt PATH (there are no "
                              "shipped DPT weights for this model)")
         return MethodSpec("base")
-    read_dpt_config(folder)  # a ValueError naming the folder, before the model loads
-    if eta is None:
+    config = read_dpt_config(folder)  # a ValueError naming the folder, before the model loads
+    if self_correct is None:
+        self_correct = eta is not None or config.lora is None
+    if not self_correct:
+        if eta is not None:
+            raise ValueError("--no-self-correct cannot go with --self-correct ETA")
         return MethodSpec("dpt", dpt=Path(folder).resolve())
+    if eta is None and sc_unit != DEFAULT_UNIT:
+        raise ValueError(f"--self-correct-unit {sc_unit} needs a step size: "
+                         f"--self-correct ETA (the default {DEFAULT_ETA:g} is in unit "
+                         f"{DEFAULT_UNIT})")
+    eta = DEFAULT_ETA if eta is None else eta
     return MethodSpec("dpt+sc", dpt=Path(folder).resolve(), eta=eta, sc_range=tuple(sc_range),
                       sc_mode=sc_mode, sc_unit=sc_unit)
 
@@ -193,8 +212,8 @@ class Method:
     config: DPTConfig | None = None
     eta: float = 0.0                               # self-correction off at 0
     t_range: tuple[float, float] = DEFAULT_T_RANGE  # timesteps on which to correct
-    mode: str = "carry"
-    unit: str = "raw"
+    mode: str = DEFAULT_MODE
+    unit: str = DEFAULT_UNIT
     subjects: dict[str, list[int]] | None = None   # Attend-and-Excite: prompt -> token indices
     early_exit: bool = True  # the score stops the U-Net at the adapter's block (False: cost bench)
 
