@@ -177,3 +177,28 @@ def test_the_cache_command_on_coco(tiny_model, tmp_path, capsys):
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert manifest["samples"] == 3 and manifest["resolution"] == 64  # one epoch, 8 x 8 px
     assert manifest["data"]["kind"] == "coco" and manifest["data"]["images"] == 3
+
+
+def test_probe_reads_a_cache_and_workers_change_nothing(tiny_model, tmp_path):
+    """Through the command line: 2 steps from images inline, with 2 workers, and from a
+    cache of 8 samples (the same samples: the first pass reads rows in order)."""
+    from safetensors.torch import load_file
+
+    from dpt_t2i.cli import main
+
+    def dpt(*argv):
+        return main([str(a) for a in argv])
+
+    assert dpt("cache", "--model", tiny_model, "--samples", 8, "--out", tmp_path / "c") == 0
+    common = ("probe", "--model", tiny_model, "--block", "up0", "--d-model", 32,
+              "--ground-queries", 4, "--steps", 2, "--batch", 2, "--condition", "empty")
+    assert dpt(*common, "--run-dir", tmp_path / "images") == 0
+    assert dpt(*common, "--run-dir", tmp_path / "workers", "--workers", 2) == 0
+    assert dpt(*common, "--run-dir", tmp_path / "cached", "--cache", tmp_path / "c") == 0
+    heads = {name: load_file(tmp_path / name / "final" / "heads.safetensors")
+             for name in ("images", "workers", "cached")}
+    for key, value in heads["images"].items():
+        assert torch.equal(heads["workers"][key], value), key  # workers change nothing
+        assert torch.allclose(heads["cached"][key], value, atol=1e-5), key  # nor the cache
+    assert dpt(*common, "--run-dir", tmp_path / "x", "--cache", tmp_path / "c",
+               "--negatives", 2) == 2  # the cache holds 3 a sample

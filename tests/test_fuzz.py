@@ -39,7 +39,7 @@ from dpt_t2i.cli import build_parser, main
 from dpt_t2i.io.bundle import default_model_path
 
 COMMANDS = ("generate", "referee", "evaluate", "evaluate-disc", "probe", "tune",
-            "import-official", "score")
+            "import-official", "score", "cache")
 # per command: 640 command lines in all (8 commands), in about 30 s;
 # DPT_FUZZ_EXAMPLES=2000 for a long hunt
 EXAMPLES = int(os.environ.get("DPT_FUZZ_EXAMPLES", "80"))
@@ -76,7 +76,8 @@ def sandbox(tmp_path_factory, tiny_model, tiny_dpt, judged_folders) -> dict:
                        "dpt_t2i.generation.referee_folder.load_bundle",
                        "dpt_t2i.eval.disc_run.load_bundle", "dpt_t2i.commands.train.load_bundle",
                        "dpt_t2i.eval.image_scores.load_bundle",
-                       "dpt_t2i.commands.evaluate.load_clip"):
+                       "dpt_t2i.commands.evaluate.load_clip",
+                       "dpt_t2i.commands.cache.load_bundle"):
             mp.setattr(target, _refuse_loading)
         # import-official reads the checkpoint against the U-Net: a copy of the tiny one
         mp.setattr("diffusers.UNet2DConditionModel.from_pretrained",
@@ -257,7 +258,7 @@ def _values(action: argparse.Action, sandbox: dict, work: Path, valid_odds: int 
 BASE = {"generate": ["--prompt", "--out"], "referee": ["--prompt", "--out"],
         "evaluate": ["folders"], "evaluate-disc": [], "probe": ["--run-dir"],
         "tune": ["--run-dir", "--init"], "import-official": ["checkpoint", "--out"],
-        "score": ["images", "--prompt"]}
+        "score": ["images", "--prompt"], "cache": ["--out"]}
 
 
 @st.composite
@@ -383,7 +384,7 @@ def test_version_prints_the_installed_version(capsys):
 
 @pytest.mark.parametrize("name", ["generate", "evaluate", "referee", "evaluate-disc", "probe",
                                   "tune", "tune-hn-itm", "sweep-blocks", "report", "serve",
-                                  "world train-vae"])
+                                  "world train-vae", "cache"])
 def test_every_model_command_takes_threads(name):
     parser = _subparser(name.split()[0])
     if " " in name:

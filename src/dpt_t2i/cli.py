@@ -12,7 +12,7 @@ import argparse
 import sys
 from importlib import metadata
 
-from .commands import (compbench_table, evaluate, evaluate_disc, export_lora, generate,
+from .commands import (cache, compbench_table, evaluate, evaluate_disc, export_lora, generate,
                        import_official, prompts, referee, report, score, serve, sweep_blocks,
                        train, world)
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.register(sub)
     evaluate.register(sub)
     train.register(sub)
+    cache.register(sub)
     evaluate_disc.register(sub)
     score.register(sub)
     sweep_blocks.register(sub)

@@ -238,17 +238,17 @@ def test_recipe_flags_reach_the_adapter_the_settings_and_the_record(tiny_model, 
                                                                      monkeypatch):
     from safetensors.torch import load_file
 
-    from dpt_t2i.training import loop
+    from dpt_t2i.training import feed
 
     negatives = []
-    real = loop.prepare_inputs
+    real = feed.encode_batch
 
-    def spy(parts, samples, config, **kw):
-        latents, inputs = real(parts, samples, config, **kw)
+    def spy(*args):
+        latents, inputs = real(*args)
         negatives.append(inputs["negative_embeds"].shape[1])
         return latents, inputs
 
-    monkeypatch.setattr(loop, "prepare_inputs", spy)
+    monkeypatch.setattr(feed, "encode_batch", spy)
     run = tmp_path / "p"
     assert dpt("probe", "--run-dir", run, "--model", tiny_model, "--block", "up0", "--d-model",
                32, "--ground-queries", 4, "--steps", 1, "--batch", 2, "--ffn-dim", 48,

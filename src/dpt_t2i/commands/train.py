@@ -27,6 +27,7 @@ from ..model.adapter import MATCH_TEXTS, AdapterConfig
 from ..model.config import CONDITIONS, GROUND_CONDITIONS, PROBE_CONDITION, DPTConfig
 from ..model.features import block_channels, block_names
 from ..model.lora import TARGETS, LoraSettings
+from ..training.cache import LatentCache, read_manifest
 from ..training.loop import train_dpt
 from ..training.run_record import check_world_size, recorded_world_size
 from ..training.settings import STAGE_DEFAULTS, TrainSettings
@@ -174,6 +175,15 @@ def _common(p: argparse.ArgumentParser, stage: str) -> None:
                    "written its first)")
     p.add_argument("--seed", type=int, default=defaults["seed"])
     p.add_argument("--tensorboard", action="store_true", help="log losses to <run-dir>/logs")
+    if stage != "hn-itm":
+        p.add_argument("--global-negatives", action="store_true",
+                       help="the matching loss over every process's batch: N processes of "
+                       "batch B train as one of N x B (docs/training-data.md)")
+    p.add_argument("--workers", type=int, default=defaults["workers"], metavar="N",
+                   help="processes that decode and collate the coming batches (default "
+                   f"{defaults['workers']}: in the training process)")
+    p.add_argument("--prefetch", type=int, default=defaults["prefetch"], metavar="N",
+                   help=f"batches each worker keeps ready (default {defaults['prefetch']})")
     _data_arguments(p)
     add_threads_argument(p)
 
@@ -187,6 +197,9 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--refcoco-instances", type=Path, metavar="JSON", help="instances.json")
     data.add_argument("--resolution", type=int, default=None,
                       help="image side fed to the VAE (default: the U-Net's sample size x 8)")
+    data.add_argument("--cache", type=Path, metavar="DIR",
+                      help="a `dpt cache` folder: its latents and text states instead of the "
+                      "images and the frozen encoders")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -320,7 +333,10 @@ def _lora(args: argparse.Namespace) -> LoraSettings:
 
 
 def image_side(bundle, args: argparse.Namespace) -> int:
-    """Pixels per image side the run feeds the VAE: the Shapes canvas or --resolution."""
+    """Pixels per image side the run feeds the VAE: the Shapes canvas, --resolution, or the
+    side a --cache was made at."""
+    if getattr(args, "cache", None) is not None:
+        return args.resolution or read_manifest(args.cache)["resolution"]
     if getattr(args, "coco_captions", None) is None:
         return CANVAS
     return args.resolution or 8 * int(bundle.unet.config.sample_size)
@@ -341,6 +357,12 @@ def _check_fits(config, bundle, what: str) -> None:
 
 
 def _source(args: argparse.Namespace, bundle, settings):
+    if args.cache is not None:
+        if any((args.coco_captions, args.coco_images, args.refcoco_refs, args.refcoco_instances)):
+            raise ValueError("--cache replaces --coco-* and --refcoco-*; give one or the other")
+        cache = LatentCache(args.cache, seed=settings.seed)
+        cache.check(bundle, image_side(bundle, args), settings.n_negatives)
+        return cache
     if args.coco_captions is None and args.coco_images is None:
         if args.refcoco_refs or args.refcoco_instances:
             raise ValueError("RefCOCO files need --coco-captions and --coco-images too "
@@ -379,7 +401,8 @@ def _check_run_folder(run_dir: Path, model: Path, config, settings, resume: bool
 # of the learning-rate schedule (training/schedule.py: extended_lr); the memory and speed
 # switches leave the maths as it was
 _UNRECORDED = ("checkpoint_every", "keep_checkpoints", "log_with")
-_RESUMABLE = _UNRECORDED + ("steps", "gradient_checkpointing", "allow_tf32", "channels_last")
+_RESUMABLE = _UNRECORDED + ("workers", "prefetch", "steps", "gradient_checkpointing",
+                             "allow_tf32", "channels_last")
 
 
 def _differing(old: dict, record: dict) -> list[str]:

@@ -1,8 +1,9 @@
 """DPT stage 1 (`probe`: U-Net frozen) and stage 2 (`tune`: LoRA on the U-Net attention),
 and the HN-DiffusionITM baseline (`hn-itm`: LoRA only, denoising-error matching).
 
-One training step reads top to bottom: draw samples -> encode them with the frozen VAE and
-text encoder (`prepare_inputs`) -> noise the latents -> `DPTObjective` (features of one
+One training step reads top to bottom: the slot's samples (drawn ahead by DataLoader workers
+with `settings.workers`) -> encoded by the frozen VAE and text encoder, or read from a latent
+cache (`feed.TrainingFeed`) -> noise the latents -> `DPTObjective` (features of one
 U-Net block -> adapter -> matching and grounding losses, plus the optional denoising MSE)
 -> backward -> optimizer step. The `hn-itm` stage swaps the objective for `HNITMObjective`
 (no adapter: the U-Net's denoising error under the caption and under a hard negative).
@@ -27,14 +28,17 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..data.sources import SampleSource, draw_samples
+from ..data.loader import LoaderSettings, process_slots
+from ..data.sources import SampleSource
 from ..io.checkpoint import resume_run, save_checkpoint, trim_log
 from ..io.dpt_folder import save_dpt
 from ..model.config import DPTConfig
 from ..model.heads import DPTHeads
 from ..model.lora import LoraWeights, add_lora
+from .cache import LatentCache
+from .feed import TrainingFeed, open_feed
 from .hn_itm import HNITMObjective
-from .inputs import FrozenParts, frozen_parts, prepare_inputs
+from .inputs import FrozenParts, frozen_parts
 from .objective import DPTObjective
 from .run_log import RunLog, mean_over_processes
 from .run_record import check_world_size, recorded_world_size, schedule_history, write_run_config
@@ -42,7 +46,7 @@ from .schedule import extended_lr
 from .settings import TrainSettings
 
 
-def train_dpt(run_dir: Path, bundle, source: SampleSource, config: DPTConfig,
+def train_dpt(run_dir: Path, bundle, source: SampleSource | LatentCache, config: DPTConfig,
               settings: TrainSettings, init_heads: DPTHeads | None = None,
               resume: bool = True, show_progress: bool = True,
               record: dict | None = None) -> dict:
@@ -51,7 +55,8 @@ def train_dpt(run_dir: Path, bundle, source: SampleSource, config: DPTConfig,
     Args:
         run_dir: checkpoints (`step-*`, `latest`), `log.jsonl`, `summary.json`, `final/`.
         bundle: the base model (`bundle.load_bundle`); its U-Net gains LoRA in stage 2.
-        source: training samples.
+        source: training samples, or a latent cache of them (`cache.LatentCache`, checked
+            against the run by the caller).
         config: the DPT config (block, condition, adapter; `lora` set for stage 2).
         settings: the optimisation settings.
         init_heads: start the heads from these (stage 2 from stage 1's result).
@@ -68,7 +73,8 @@ def train_dpt(run_dir: Path, bundle, source: SampleSource, config: DPTConfig,
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = _setup(run_dir, bundle, config, settings, init_heads)
+    run = _setup(run_dir, bundle, config, settings, init_heads,
+                 encoders=not isinstance(source, LatentCache))
     resumed = resume_run(run_dir, run.modules, {"optimizer": run.optimizer}, resume)
     start, wall, run.run_id = resumed.step, resumed.state.get("wall_s", 0.0), resumed.run_id
     accelerator = run.accelerator
@@ -86,13 +92,17 @@ def train_dpt(run_dir: Path, bundle, source: SampleSource, config: DPTConfig,
                                                  if isinstance(v, (int, float, str))})
     main = accelerator.is_main_process
     t0 = time.time()
-    recent = _train_loop(run, source, config, settings, start, wall, t0,
-                         show_progress=main and show_progress)
+    feed = _open_feed(run, source, config, settings, start)
+    try:
+        recent = _train_loop(run, feed, settings, start, wall, t0,
+                             show_progress=main and show_progress)
+    finally:
+        feed.close()
     steps_run, elapsed = settings.steps - start, time.time() - t0
     summary = {"stage": settings.stage, "steps": settings.steps, "steps_this_run": steps_run,
                "wall_s": round(wall + elapsed, 1),
                "s_per_step": round(elapsed / steps_run, 4) if steps_run else None,
-               "skipped_images": source.skipped, "extended": run.extended,
+               "skipped_images": feed.skipped, "extended": run.extended,
                "final_losses": _final_losses(run, recent),
                "settings": asdict(settings)}
     accelerator.wait_for_everyone()
@@ -122,7 +132,7 @@ class _Run:
 
 
 def _setup(run_dir: Path, bundle, config: DPTConfig, settings: TrainSettings,
-           init_heads: DPTHeads | None) -> _Run:
+           init_heads: DPTHeads | None, encoders: bool = True) -> _Run:
     """Accelerator, heads (+ LoRA in stage 2), optimizer groups, and the frozen parts."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
@@ -133,7 +143,7 @@ def _setup(run_dir: Path, bundle, config: DPTConfig, settings: TrainSettings,
     torch.manual_seed(settings.seed)
     unet = _frozen_unet(bundle, accelerator.device, settings)
     if settings.stage == "hn-itm":
-        return _setup_hn_itm(run_dir, accelerator, bundle, unet, config, settings)
+        return _setup_hn_itm(run_dir, accelerator, bundle, unet, config, settings, encoders)
     heads = DPTHeads(config.adapter)
     if init_heads is not None:
         heads.load_state_dict(init_heads.state_dict())
@@ -148,7 +158,7 @@ def _setup(run_dir: Path, bundle, config: DPTConfig, settings: TrainSettings,
     objective = DPTObjective(unet, heads, config, settings)
     objective, wrapped = accelerator.prepare(objective, optimizer)
     return _Run(run_dir, accelerator, objective, wrapped, optimizer, modules, heads, unet,
-                frozen_parts(bundle, accelerator.device))
+                frozen_parts(bundle, accelerator.device, encoders))
 
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -178,7 +188,7 @@ def _frozen_unet(bundle, device: torch.device, settings: TrainSettings) -> nn.Mo
 
 
 def _setup_hn_itm(run_dir: Path, accelerator, bundle, unet: nn.Module, config: DPTConfig,
-                  settings: TrainSettings) -> _Run:
+                  settings: TrainSettings, encoders: bool = True) -> _Run:
     if config.lora is None or config.adapter is not None:
         raise ValueError("stage 'hn-itm' needs config.lora and no adapter (config.adapter None)")
     params = add_lora(unet, config.lora)
@@ -186,10 +196,23 @@ def _setup_hn_itm(run_dir: Path, accelerator, bundle, unet: nn.Module, config: D
                                     "base_lr": settings.lora_lr}], weight_decay=0.01)
     objective, wrapped = accelerator.prepare(HNITMObjective(unet, settings), optimizer)
     return _Run(run_dir, accelerator, objective, wrapped, optimizer, {"lora": LoraWeights(unet)},
-                None, unet, frozen_parts(bundle, accelerator.device))
+                None, unet, frozen_parts(bundle, accelerator.device, encoders))
 
 
-def _train_loop(run: _Run, source: SampleSource, config: DPTConfig, settings: TrainSettings,
+def _open_feed(run: _Run, source: SampleSource | LatentCache, config: DPTConfig,
+               settings: TrainSettings, start: int) -> TrainingFeed:
+    """This process's slots from step `start` on, drawn ahead by `settings.workers`."""
+    accelerator = run.accelerator
+    slots = process_slots(start, settings.steps, settings.grad_accum,
+                          accelerator.num_processes, accelerator.process_index)
+    loader = LoaderSettings(workers=settings.workers, prefetch=settings.prefetch,
+                            pin_memory=accelerator.device.type == "cuda")
+    need_caption_states = settings.mse_weight > 0 or settings.stage == "hn-itm"
+    return open_feed(source, run.parts, config, settings.batch, slots, need_caption_states,
+                     loader)
+
+
+def _train_loop(run: _Run, feed: TrainingFeed, settings: TrainSettings,
                 start: int, wall: float, t0: float, show_progress: bool
                 ) -> list[dict[str, Tensor]]:
     """Steps start .. settings.steps-1 with logging and checkpoints; the last 50 steps' losses
@@ -205,7 +228,7 @@ def _train_loop(run: _Run, source: SampleSource, config: DPTConfig, settings: Tr
             group["lr"] = extended_lr(step, settings.steps, group["base_lr"], settings.warmup,
                                       run.extended, settings.lr_floor)
         losses, grad_norm = _optimizer_step(accelerator, run.objective, run.wrapped_optimizer,
-                                            run.parts, source, config, settings, step)
+                                            run.parts, feed, settings, step)
         recent = (recent + [losses])[-50:]
         if log.due(step):
             row = log.row(step, losses, run.optimizer, grad_norm)
@@ -244,8 +267,8 @@ def _shape(run: _Run, settings: TrainSettings) -> dict:
             "extended": run.extended}
 
 
-def _optimizer_step(accelerator, objective, optimizer, parts: FrozenParts, source: SampleSource,
-                    config: DPTConfig, settings: TrainSettings, step: int
+def _optimizer_step(accelerator, objective, optimizer, parts: FrozenParts, feed: TrainingFeed,
+                    settings: TrainSettings, step: int
                     ) -> tuple[dict[str, Tensor], Tensor | None]:
     """`grad_accum` micro-steps and one update.
 
@@ -260,12 +283,9 @@ def _optimizer_step(accelerator, objective, optimizer, parts: FrozenParts, sourc
         slot = (step * settings.grad_accum + micro) * world + rank
         gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + slot)
         torch.manual_seed(settings.seed * 7_919 + slot)  # dropout of this micro-step
-        samples = draw_samples(source, slot * settings.batch, settings.batch)
-        latents, inputs = prepare_inputs(parts, samples, config,
-                                         need_caption_states=settings.mse_weight > 0
-                                         or settings.stage == "hn-itm")
+        latents, inputs = feed.inputs(slot)  # drawn ahead; encoded, or read from a cache
         noise = torch.randn(latents.shape, generator=gen).to(latents.device)
-        t = torch.randint(settings.t_min, settings.t_max, (len(samples),), generator=gen)
+        t = torch.randint(settings.t_min, settings.t_max, (len(latents),), generator=gen)
         t = t.to(latents.device)
         noisy = parts.noiser.add(latents, t, noise)
         inputs["target"] = parts.noiser.target(latents, noise, t)  # epsilon, v or z_0

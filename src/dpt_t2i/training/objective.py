@@ -37,8 +37,7 @@ class DPTObjective(nn.Module):
                         "mse": settings.mse_weight}
         self.unet_trains = settings.stage != "probe"
         self.batch_negatives = settings.batch_negatives
-        # TrainSettings.global_negatives; read with a default until the field exists
-        self.global_negatives = bool(getattr(settings, "global_negatives", False))
+        self.global_negatives = settings.global_negatives
 
     def forward(self, noisy: Tensor, t: Tensor, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Losses for one batch.

@@ -37,6 +37,9 @@ class TrainSettings:
     #                              U-Net pass each; they also give the text-to-image loss)
     hn_weight: float = 1.0       # hn-itm: weight of the hard negative's (clipped) error
     hn_clip: float = 1.0         # hn-itm: that error is clipped at hn_clip x the positive's
+    global_negatives: bool = False  # matching InfoNCE over every process's batch (gather.py)
+    workers: int = 0             # DataLoader processes drawing the coming batches; 0: inline
+    prefetch: int = 2            # batches each worker keeps ready
     mixed_precision: str = "no"  # accelerate's: no, fp16, bf16; frozen weights stored in it
     gradient_checkpointing: bool = False  # recompute the U-Net's activations in backward
     allow_tf32: bool = False     # TF32 matmuls and convolutions on Ampere+ GPUs
@@ -61,6 +64,9 @@ class TrainSettings:
             raise ValueError(f"n_negatives must be >= 1, got {self.n_negatives}")
         if not 0 <= self.lr_floor <= 1:  # NaN fails too
             raise ValueError(f"lr_floor must be between 0 and 1, got {self.lr_floor}")
+        if self.workers < 0 or self.prefetch < 1:
+            raise ValueError(f"need workers >= 0 and prefetch >= 1, got {self.workers} and "
+                             f"{self.prefetch}")
         if self.batch_negatives < 0:
             raise ValueError(f"batch_negatives must be >= 0, got {self.batch_negatives}")
         if self.keep_checkpoints < 0:
