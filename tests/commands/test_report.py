@@ -80,6 +80,15 @@ def test_report_numbers_are_the_folders_numbers(report):
             row = data["generation"][name][split]
             assert row["n"] == 5 and row["overall"] == direct[split]["overall"]
             assert row["fd"] > 0
+    # paired with base: the shipped folder has no LoRA, so DPT alone is the base model's images
+    assert set(data["paired"]) == {"dpt", "dpt+sc"}
+    assert data["paired"]["dpt"]["ood"]["overall"] == {"diff": 0.0, "low": 0.0, "high": 0.0}
+    sc = data["paired"]["dpt+sc"]["ood"]
+    assert sc["pairs"] == 5 and sc["overall"]["low"] <= sc["overall"]["diff"] <= \
+        sc["overall"]["high"]
+    assert sc["overall"]["diff"] == pytest.approx(data["generation"]["dpt+sc"]["ood"]["overall"]
+                                                  - data["generation"]["base"]["ood"]["overall"])
+    assert "| vs base [95% CI] |" in (root / "out" / "README.md").read_text()
     # eta 0 is the DPT row's generation, eta 0.1 the DPT + SC row's
     assert data["eta_sweep"]["0"] == data["generation"]["dpt"]["ood"]
     assert data["eta_sweep"]["0.1"] == data["generation"]["dpt+sc"]["ood"]

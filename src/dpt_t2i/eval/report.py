@@ -32,6 +32,7 @@ from ..io.folder_writer import holds_run
 from ..io.image_folder import INDEX
 from .alignment import judge_folders, summarize
 from .disc_run import DiscSettings, run_discriminative
+from .paired import paired_difference
 from .quality import quality_by_split
 from .report_tables import write_report
 
@@ -85,6 +86,9 @@ class ReportSettings:
                              f"(a fraction of the noise level), got {self.eta}")
 
 
+PAIRED_KEYS = ("prompt", "seed", "split", "family", "satisfied")  # what a paired diff reads
+
+
 class Work:
     """Runs and caches the report's generations and evaluations in one folder."""
 
@@ -122,18 +126,29 @@ class Work:
 
     def alignment(self, name: str, split: str, spec: MethodSpec) -> dict:
         """The judge's accuracy per family, overall, and the Fréchet distance to renders."""
+        return self._judged(name, split, spec)["row"]
+
+    def verdicts(self, name: str, split: str, spec: MethodSpec) -> list[dict]:
+        """The judge's verdict on each image (prompt, seed, split, family, satisfied), for
+        paired comparisons."""
+        return self._judged(name, split, spec)["verdicts"]
+
+    def _judged(self, name: str, split: str, spec: MethodSpec) -> dict:
+        """{"row": alignment's row, "verdicts": ...} of a generation, cached beside it."""
         folder = self.generated(name, split, spec)
         cache = folder.parent / f"{folder.name}.eval.json"
         index = (folder / INDEX).read_text()
         if cache.is_file():
             cached = json.loads(cache.read_text())
-            if cached.get("index") == index:
-                return cached["row"]
+            if cached.get("index") == index and "verdicts" in cached:
+                return cached
         verdicts = judge_folders([folder])
         row = summarize(verdicts)[split]
         row["fd"] = quality_by_split(verdicts)[split]
-        cache.write_text(json.dumps({"index": index, "row": row}))
-        return row
+        slim = [{k: v[k] for k in PAIRED_KEYS} for v in verdicts]
+        judged = {"index": index, "row": row, "verdicts": slim}
+        cache.write_text(json.dumps(judged))
+        return judged
 
     def disc(self, name: str, settings: DiscSettings) -> dict:
         """A discriminative evaluation with the report's seed, cached by its settings."""
@@ -220,6 +235,7 @@ def build_report(work: Work, inputs: ReportInputs, out: Path, argv: list[str]) -
         table1[name] = {split: work.alignment(name.replace("+", "-"), split, plan[name])
                         for split in s.splits}
     data["generation"] = {name: table1[name] for name in plan}
+    data["paired"] = _paired(work, plan)
     data["ablations"] = _ablations(work, inputs, table1)
     data["discriminative"] = _discriminative(work, inputs)
     data["cost"] = _cost(work, plan)
@@ -230,6 +246,16 @@ def build_report(work: Work, inputs: ReportInputs, out: Path, argv: list[str]) -
     data["blocks"] = _blocks(inputs.sweep) if inputs.sweep else None
     write_report(out, data, work, inputs, argv)
     return data
+
+
+def _paired(work: Work, plan: dict[str, MethodSpec]) -> dict:
+    """Each method's paired difference from the base model on the same prompts and seeds:
+    {method: {split: {family or "overall": {"diff", "low", "high"}, "pairs", "prompts"}}}."""
+    s = work.settings
+    base = {split: work.verdicts("base", split, plan["base"]) for split in s.splits}
+    return {name: {split: paired_difference(base[split], work.verdicts(
+                name.replace("+", "-"), split, spec))[split] for split in s.splits}
+            for name, spec in plan.items() if name != "base"}
 
 
 def _eta_name(eta: float, s: ReportSettings) -> str:

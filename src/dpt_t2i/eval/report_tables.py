@@ -74,13 +74,22 @@ def _gen_cells(row: dict) -> list[str]:
 
 
 def _table1(data: dict) -> str:
-    lines = ["## Table 1: text-image alignment per family (Shapes judge)"]
+    lines = ["## Table 1: text-image alignment per family (Shapes judge)", "",
+             "The last column is each method's paired difference from the base model in overall "
+             "alignment (the same prompts and seeds, so the same starting noise), with a 95% "
+             "cluster bootstrap interval over prompts (`eval/paired.py`)."]
+    paired = data.get("paired") or {}
     for split in data["settings"]["splits"]:
         lines += ["", f"{split.upper()} prompts:", "",
-                  "| method | " + " | ".join(FAMILIES) + " | overall | FD | images |",
-                  "|---|" + "---|" * (len(FAMILIES) + 3)]
+                  "| method | " + " | ".join(FAMILIES) + " | overall | FD | images | "
+                  "vs base [95% CI] |",
+                  "|---|" + "---|" * (len(FAMILIES) + 4)]
         for name, rows in data["generation"].items():
-            lines.append(f"| {_label(name)} | " + " | ".join(_gen_cells(rows[split])) + " |")
+            diff = paired.get(name, {}).get(split, {}).get("overall")
+            cell = "-" if diff is None else \
+                f"{diff['diff']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
+            lines.append(f"| {_label(name)} | " + " | ".join(_gen_cells(rows[split]))
+                         + f" | {cell} |")
     return "\n".join(lines)
 
 
