@@ -33,6 +33,8 @@ from ..training.run_record import check_world_size, recorded_world_size
 from ..training.settings import STAGE_DEFAULTS, TrainSettings
 from .model_args import (add_model_argument, add_threads_argument, model_folder, quiet_loading,
                          set_threads, settings_from_args)
+from .validation_args import (add_validation_arguments, check_validation_lengths,
+                              validation_from_args)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -185,6 +187,7 @@ def _common(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--prefetch", type=int, default=defaults["prefetch"], metavar="N",
                    help=f"batches each worker keeps ready (default {defaults['prefetch']})")
     _data_arguments(p)
+    add_validation_arguments(p, stage)
     add_threads_argument(p)
 
 
@@ -208,14 +211,18 @@ def run(args: argparse.Namespace) -> int:
     _check_recipe(args)
     settings = _settings(args)
     model = model_folder(args.model)
+    validation = validation_from_args(args, model)  # before the model loads
     quiet_loading()
     bundle = load_bundle(model)
+    check_validation_lengths(validation, bundle)
     config, init_heads = _dpt_config(args, bundle)
     source = _source(args, bundle, settings)
     record = _check_run_folder(args.run_dir, model, config, settings, args.resume == "latest")
     record["preset"] = getattr(args, "preset", None)
+    if validation is not None:  # what the images under <run-dir>/validation show
+        record["validation"] = {**asdict(validation.settings), **validation.fields}
     summary = train_dpt(args.run_dir, bundle, source, config, settings, init_heads,
-                        resume=args.resume == "latest", record=record)
+                        resume=args.resume == "latest", record=record, validation=validation)
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # one report for the run, not one a process

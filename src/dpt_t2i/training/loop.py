@@ -44,12 +44,13 @@ from .run_log import RunLog, mean_over_processes
 from .run_record import check_world_size, recorded_world_size, schedule_history, write_run_config
 from .schedule import extended_lr
 from .settings import TrainSettings
+from .validation import Validation, Validator
 
 
 def train_dpt(run_dir: Path, bundle, source: SampleSource | LatentCache, config: DPTConfig,
               settings: TrainSettings, init_heads: DPTHeads | None = None,
               resume: bool = True, show_progress: bool = True,
-              record: dict | None = None) -> dict:
+              record: dict | None = None, validation: Validation | None = None) -> dict:
     """Run stage 1 or 2 into `run_dir`; writes checkpoints, `log.jsonl` and `final/`.
 
     Args:
@@ -67,6 +68,8 @@ def train_dpt(run_dir: Path, bundle, source: SampleSource | LatentCache, config:
         record: what `run_config.json` records of the run (model, DPT config, settings);
             written with the world size and the schedule's changes once the resume checks
             pass. None writes no run_config.json.
+        validation: images sampled after the checkpoints (or every `validation.settings.every`
+            steps) with the model as it trains (`validation.py`); None samples none.
 
     Returns:
         A summary: steps, wall seconds, seconds per step, mean losses of the last 50 steps.
@@ -75,6 +78,9 @@ def train_dpt(run_dir: Path, bundle, source: SampleSource | LatentCache, config:
     run_dir.mkdir(parents=True, exist_ok=True)
     run = _setup(run_dir, bundle, config, settings, init_heads,
                  encoders=not isinstance(source, LatentCache))
+    validator = None if validation is None else Validator(
+        validation, run_dir, bundle, run.heads, config, settings.stage,
+        settings.checkpoint_every, settings.steps, run.accelerator)
     resumed = resume_run(run_dir, run.modules, {"optimizer": run.optimizer}, resume)
     start, wall, run.run_id = resumed.step, resumed.state.get("wall_s", 0.0), resumed.run_id
     accelerator = run.accelerator
@@ -95,7 +101,7 @@ def train_dpt(run_dir: Path, bundle, source: SampleSource | LatentCache, config:
     feed = _open_feed(run, source, config, settings, start)
     try:
         recent = _train_loop(run, feed, settings, start, wall, t0,
-                             show_progress=main and show_progress)
+                             show_progress=main and show_progress, validator=validator)
     finally:
         feed.close()
     steps_run, elapsed = settings.steps - start, time.time() - t0
@@ -213,10 +219,10 @@ def _open_feed(run: _Run, source: SampleSource | LatentCache, config: DPTConfig,
 
 
 def _train_loop(run: _Run, feed: TrainingFeed, settings: TrainSettings,
-                start: int, wall: float, t0: float, show_progress: bool
-                ) -> list[dict[str, Tensor]]:
-    """Steps start .. settings.steps-1 with logging and checkpoints; the last 50 steps' losses
-    (this process's, as 0-d tensors)."""
+                start: int, wall: float, t0: float, show_progress: bool,
+                validator: Validator | None = None) -> list[dict[str, Tensor]]:
+    """Steps start .. settings.steps-1 with logging, checkpoints and validation images; the
+    last 50 steps' losses (this process's, as 0-d tensors)."""
     accelerator, main = run.accelerator, run.accelerator.is_main_process
     log = RunLog(run.run_dir, accelerator, settings, start, _group_names(settings))
     bar = tqdm(range(start, settings.steps), desc=settings.stage, initial=start,
@@ -241,6 +247,8 @@ def _train_loop(run: _Run, feed: TrainingFeed, settings: TrainSettings,
                 save_checkpoint(run.run_dir, done, run.modules, {"optimizer": run.optimizer},
                                 {"wall_s": wall + time.time() - t0, **_shape(run, settings)},
                                 keep=settings.keep_checkpoints, run_id=run.run_id)
+        if validator is not None and validator.due(done):  # restores what training had
+            validator.run(done)
     log.close()
     return recent
 
