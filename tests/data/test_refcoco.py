@@ -1,5 +1,5 @@
 """RefCOCO: refs pickle + instances.json parsed into normalised boxes; unsafe pickles and
-bad boxes refused."""
+bad boxes refused; images found under COCO 2014 or 2017 names, a folder without them refused."""
 
 import json
 import pickle
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from dpt_t2i.data.coco import MissingImages
 from dpt_t2i.data.refcoco import ForbiddenGlobal, load_refs_pickle, read_refcoco
 
 INSTANCES = {
@@ -44,8 +45,17 @@ def write_refcoco(folder: Path, refs=REFS, instances=INSTANCES, protocol=2) -> t
     return refs_path, instances_path
 
 
+def touch(folder: Path, *names: str) -> Path:
+    """Files of these names in `folder` (the reader only looks for them)."""
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+    return folder
+
+
 def test_reads_refs_with_boxes_normalised_to_the_image(tmp_path):
-    items = read_refcoco(*write_refcoco(tmp_path), tmp_path / "train2014")
+    items = read_refcoco(*write_refcoco(tmp_path), touch(tmp_path / "train2014", "a.png",
+                                                         "b.jpg"))
     assert [(r.ref_id, r.image_id, r.split, r.sentences) for r in items] == [
         (1, 7, "train", ["red bus left", "the bus"]), (2, 9, "testA", ["dog"]),
         (4, 7, "val", ["whole picture"])]
@@ -60,6 +70,7 @@ def test_reads_refs_with_boxes_normalised_to_the_image(tmp_path):
 
 def test_split_filter_and_unknown_split(tmp_path):
     paths = write_refcoco(tmp_path)
+    touch(tmp_path, "a.png", "b.jpg")
     assert [r.ref_id for r in read_refcoco(*paths, tmp_path, splits={"val", "testA"})] == [2, 4]
     with pytest.raises(ValueError, match=r"no ref in split\(s\) \['testB'\]; the splits "
                                          r"present are \['testA', 'train', 'val'\]"):
@@ -120,3 +131,71 @@ def test_ref_whose_annotation_is_missing_names_ref_and_ann(tmp_path):
     refs = [dict(REFS[0], sentences=[{"raw": "x"}])]
     with pytest.raises(ValueError, match=r"ref 1 sentences\[0\] has no key 'sent'"):
         read_refcoco(*write_refcoco(tmp_path, refs=refs), tmp_path)
+
+
+# RefCOCO's instances.json names train2014 files; COCO 2017 holds the same ids
+INSTANCES_2014 = {**INSTANCES, "images": [
+    {**image, "file_name": f"COCO_train2014_{image['id']:012d}.jpg"}
+    for image in INSTANCES["images"]]}
+
+
+@pytest.mark.parametrize("names, expected", [
+    (["COCO_train2014_000000000007.jpg", "COCO_train2014_000000000009.jpg"],
+     ["COCO_train2014_000000000007.jpg", "COCO_train2014_000000000009.jpg"]),
+    (["000000000007.jpg", "000000000009.jpg", "000000000139.jpg"],  # a train2017 folder
+     ["000000000007.jpg", "000000000009.jpg"]),
+    (["COCO_train2014_000000000007.jpg", "000000000009.jpg"],
+     ["COCO_train2014_000000000007.jpg", "000000000009.jpg"])])
+def test_refs_find_their_images_under_2014_or_2017_names(tmp_path, names, expected):
+    folder = touch(tmp_path / "images", *names)
+    items = read_refcoco(*write_refcoco(tmp_path, instances=INSTANCES_2014), folder)
+    by_image = {item.image_id: item.path for item in items}
+    assert by_image == {7: folder / expected[0], 9: folder / expected[1]}
+
+
+def test_2017_names_in_the_instances_read_a_train2014_folder(tmp_path):
+    instances = {**INSTANCES, "images": [{**image, "file_name": f"{image['id']:012d}.jpg"}
+                                         for image in INSTANCES["images"]]}
+    folder = touch(tmp_path / "train2014", "COCO_train2014_000000000007.jpg",
+                   "COCO_train2014_000000000009.jpg")
+    items = read_refcoco(*write_refcoco(tmp_path, instances=instances), folder)
+    assert {item.path.name for item in items} == {"COCO_train2014_000000000007.jpg",
+                                                  "COCO_train2014_000000000009.jpg"}
+
+
+def test_an_image_found_under_no_name_keeps_its_own_and_is_skipped_later(tmp_path):
+    folder = touch(tmp_path / "train2017", "000000000009.jpg")  # image 7 is missing
+    items = read_refcoco(*write_refcoco(tmp_path, instances=INSTANCES_2014), folder)
+    assert {item.image_id: item.path.name for item in items} == {
+        7: "COCO_train2014_000000000007.jpg", 9: "000000000009.jpg"}
+
+
+@pytest.mark.parametrize("names, holds", [
+    (["000000000139.jpg", "000000000285.jpg"],
+     "it holds 2 files such as 000000000139.jpg, COCO 2017 names of other ids"),
+    (["COCO_val2014_000000000042.jpg"], "it holds 1 files such as "
+     "COCO_val2014_000000000042.jpg, COCO val2014 images"),
+    ([".DS_Store", "cat.png"], "it holds 2 files such as cat.png"),
+    ([], "it is empty"),
+    (None, "no such folder")])
+def test_a_folder_without_the_refs_images_is_an_error_naming_it(tmp_path, names, holds):
+    folder = tmp_path / "val2017"
+    if names is not None:
+        touch(folder, *names)
+    with pytest.raises(MissingImages) as err:
+        read_refcoco(*write_refcoco(tmp_path, instances=INSTANCES_2014), folder)
+    assert str(err.value) == (
+        f"{folder}: 0 of the 2 images the RefCOCO refs name are in it ({holds}); expected COCO "
+        "train2014 images, named COCO_train2014_000000XXXXXX.jpg as the refs' instances.json "
+        "names them, or the same ids under COCO 2017 names 000000XXXXXX.jpg (train2017 holds "
+        "every train2014 image; val2017 none of RefCOCO's)")
+    assert isinstance(err.value, ValueError)
+
+
+def test_only_the_kept_splits_images_are_looked_for(tmp_path):
+    paths = write_refcoco(tmp_path, instances=INSTANCES_2014)
+    folder = touch(tmp_path / "train2017", "000000000009.jpg")  # image 9: ref 2, split testA
+    assert [r.ref_id for r in read_refcoco(*paths, folder, splits={"testA"})] == [2]
+    with pytest.raises(MissingImages, match=r"0 of the 1 images the RefCOCO refs of split "
+                                            r"train, val name"):
+        read_refcoco(*paths, folder, splits={"train", "val"})

@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from ..data.coco import read_coco_captions
+from ..data.coco import MissingImages, read_coco_captions
 from ..data.real import RealDPTData
 from ..data.refcoco import read_refcoco
 from ..data.shapes.world import CANVAS
@@ -380,9 +380,17 @@ def _source(args: argparse.Namespace, bundle, settings):
     if (args.refcoco_refs is None) != (args.refcoco_instances is None):
         raise ValueError("give both --refcoco-refs and --refcoco-instances, or neither")
     resolution = image_side(bundle, args)
-    captioned = read_coco_captions(args.coco_captions, args.coco_images)
-    refs = (read_refcoco(args.refcoco_refs, args.refcoco_instances, args.coco_images, {"train"})
-            if args.refcoco_refs else None)
+    try:  # COCO 2014 and 2017 names are both read, by image id
+        captioned = read_coco_captions(args.coco_captions, args.coco_images, require=True)
+        refs = (read_refcoco(args.refcoco_refs, args.refcoco_instances, args.coco_images,
+                             {"train"}) if args.refcoco_refs else None)
+    except MissingImages as err:
+        raise ValueError(f"--coco-images {err}") from None
+    if refs and not {r.image_id for r in refs} & {c.image_id for c in captioned}:
+        raise ValueError(f"--refcoco-refs: none of the {len(refs)} train refs is on an image "
+                         f"of --coco-captions {args.coco_captions}; RefCOCO's train refs are "
+                         "on COCO train2014 images (captions_train2014.json, or "
+                         "captions_train2017.json, which holds them all)")
     return RealDPTData(captioned, refs, resolution, settings.n_negatives, settings.seed)
 
 

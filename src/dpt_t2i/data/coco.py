@@ -5,6 +5,13 @@ The file holds {"images": [{"id", "file_name", "width", "height", ...}], "annota
 opened here: a missing or broken image file is found, counted and skipped when a sample
 is drawn (`data/real.py`), so one bad file does not stop a run of 80k images.
 
+COCO 2017 re-split the 2014 images under the same ids and other file names: 2014's
+`COCO_train2014_000000581857.jpg` is 2017's `000000581857.jpg` (train2017 holds every
+train2014 image; val2017 is 5k images of val2014). `locate_images` finds an image under the
+name its file gives or, failing that, under the other release's name for its id, so a 2014
+annotation file reads a 2017 folder and the other way round; `require_images` turns a folder
+that holds none of them into an error instead of a run that skips every image.
+
 `load_json` and `read_image_table` are shared with the RefCOCO reader, whose
 `instances.json` has the same "images" list.
 """
@@ -12,8 +19,11 @@ is drawn (`data/real.py`), so one bad file does not stop a run of 80k images.
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 
 @dataclass
@@ -31,6 +41,76 @@ class CaptionedImage:
     width: int  # pixels
     height: int
     captions: list[str]  # stripped, non-empty, in file order
+
+
+class MissingImages(ValueError):
+    """None of the images an annotation file names is in the image folder given for it."""
+
+
+def coco_names(image_id: int) -> tuple[str, str, str]:
+    """The file names COCO's releases give image `image_id`: 2017's, train2014's, val2014's."""
+    return (f"{image_id:012d}.jpg", f"COCO_train2014_{image_id:012d}.jpg",
+            f"COCO_val2014_{image_id:012d}.jpg")
+
+
+def _listing(folder: Path) -> set[str] | None:
+    """The names in `folder` (one directory read, not a stat a file), or None when it is not
+    a readable folder."""
+    try:
+        with os.scandir(folder) as entries_:
+            return {entry.name for entry in entries_}
+    except OSError:
+        return None
+
+
+def locate_images(images: Iterable[CocoImage], image_dir: Path) -> int:
+    """Point each image at its file in `image_dir`: the name its annotation file gives or,
+    failing that, one of `coco_names(image_id)`; an image found under neither keeps its given
+    path (to be counted and skipped when read). Returns how many were found."""
+    image_dir = Path(image_dir)
+    names = _listing(image_dir) or set()
+    found = 0
+    for image in images:
+        if image.path.parent == image_dir:
+            present = image.path.name in names
+        else:  # a file name with a sub-folder
+            present = image.path.is_file()
+        if not present:
+            other = next((n for n in coco_names(image.image_id) if n in names), None)
+            if other is not None:
+                image.path, present = image_dir / other, True
+        found += present
+    return found
+
+
+def require_images(found: int, total: int, image_dir: Path, what: str, expected: str) -> None:
+    """MissingImages when `total` images were looked for in `image_dir` and none was found.
+
+    Args:
+        found / total: what `locate_images` found, of how many.
+        what: whose images they are, for the message ("the RefCOCO refs of split val").
+        expected: what the folder should hold, for the message.
+    """
+    if total and not found:
+        raise MissingImages(f"{image_dir}: 0 of the {total} images {what} name are in it "
+                            f"({_holds(Path(image_dir))}); expected {expected}")
+
+
+def _holds(folder: Path) -> str:
+    """What `folder` holds, in a few words, with the COCO release its names belong to."""
+    names = _listing(folder)
+    if names is None:
+        return "no such folder" if not folder.exists() else "not a readable folder"
+    if not names:
+        return "it is empty"
+    example = min((n for n in names if not n.startswith(".")), default=min(names))
+    kind = next((label for pattern, label in _RELEASES if re.fullmatch(pattern, example)), "")
+    return f"it holds {len(names)} files such as {example}{kind}"
+
+
+_RELEASES = ((r"\d{12}\.jpg", ", COCO 2017 names of other ids"),
+             (r"COCO_val2014_\d{12}\.jpg", ", COCO val2014 images"),
+             (r"COCO_train2014_\d{12}\.jpg", ", COCO train2014 images of other ids"))
 
 
 def load_json(path: Path, what: str) -> dict:
@@ -126,12 +206,16 @@ def read_image_table(data: dict, path: Path, image_dir: Path) -> dict[int, CocoI
     return table
 
 
-def read_coco_captions(captions_json: str | Path, image_dir: str | Path) -> list[CaptionedImage]:
+def read_coco_captions(captions_json: str | Path, image_dir: str | Path,
+                       require: bool = False) -> list[CaptionedImage]:
     """Read a COCO captions file into one `CaptionedImage` per image that has a caption.
 
     Args:
         captions_json: e.g. `annotations/captions_train2014.json`.
-        image_dir: the folder of the images it names, e.g. `train2014/`.
+        image_dir: the folder of the images it names, e.g. `train2014/`; an image missing
+            under its own name is looked for under its other COCO release's name
+            (`locate_images`).
+        require: raise MissingImages when `image_dir` holds none of the captioned images.
 
     Returns:
         Images in the file's order; images without a (non-blank) caption are dropped.
@@ -141,6 +225,7 @@ def read_coco_captions(captions_json: str | Path, image_dir: str | Path) -> list
         ValueError: the file is missing or not JSON, a top-level key or an entry's key is
             missing or of the wrong type (naming the file, key and entry), or a caption names
             an image id the file does not list.
+        MissingImages: with `require`, naming the folder, what it holds and what it should.
     """
     path = Path(captions_json)
     data = load_json(path, "COCO captions file")
@@ -155,5 +240,11 @@ def read_coco_captions(captions_json: str | Path, image_dir: str | Path) -> list
                              "'images'")
         if caption:
             captions[image_id].append(caption)
+    captioned = [im for im in images.values() if captions[im.image_id]]
+    found = locate_images(captioned, Path(image_dir))
+    if require:
+        require_images(found, len(captioned), image_dir, f"{path.name}'s captions",
+                       f"the image folder of {path.name} (COCO 2014 and 2017 file names are "
+                       "both read, by image id)")
     return [CaptionedImage(im.image_id, im.path, im.width, im.height, captions[im.image_id])
-            for im in images.values() if captions[im.image_id]]
+            for im in captioned]

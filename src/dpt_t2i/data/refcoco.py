@@ -8,6 +8,12 @@ and `instances.json` is in the COCO instances format, whose annotation `bbox` is
 [x, y, w, h] in pixels. The expression used is each sentence's "sent" (lower-cased and
 tokenised by the data set's authors), the form REC papers train and evaluate on.
 
+RefCOCO's images are COCO train2014's (`COCO_train2014_000000581857.jpg`, as its
+`instances.json` names them); a COCO 2017 folder serves as well, read by image id
+(`000000581857.jpg`: train2017 holds every train2014 image). A folder holding none of the
+refs' images is an error naming it, what it holds and what it should
+(`coco.require_images`), not an evaluation that skips every image.
+
 The pickle is read by an unpickler that refuses every global: the real files hold only
 lists, dicts, strings and numbers, and a pickle naming a global (a function or class) could
 run code when loaded. Files pickled by Python 2 are read with the latin-1 fallback that
@@ -21,7 +27,7 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
-from .coco import entries, field, load_json, read_image_table
+from .coco import entries, field, load_json, locate_images, read_image_table, require_images
 
 BOX_TOLERANCE = 1.0  # pixels a box may stick out of its image (COCO boxes are float-rounded)
 
@@ -30,7 +36,7 @@ BOX_TOLERANCE = 1.0  # pixels a box may stick out of its image (COCO boxes are f
 class RefItem:
     ref_id: int
     image_id: int
-    path: Path  # image_dir / the image's file_name in instances.json; not checked to exist
+    path: Path  # in image_dir: the file_name instances.json gives, or its COCO 2017 name
     split: str  # "train", "val", "testA", "testB" or "test", as the refs file says
     sentences: list[str]  # the expressions for this object, stripped, non-empty
     box: tuple[float, float, float, float]  # the referred object, cxcywh in [0, 1] of the image
@@ -149,7 +155,8 @@ def read_refcoco(refs_path: str | Path, instances_path: str | Path, image_dir: s
     Args:
         refs_path: `refs(unc).p` or `refs(umd).p`.
         instances_path: the data set's `instances.json`.
-        image_dir: the COCO image folder (`train2014/`) the instances' file names are in.
+        image_dir: the COCO image folder the instances' file names are in (`train2014/`),
+            or COCO 2017's `train2017/`, whose names are read by image id.
         splits: keep only refs of these splits (e.g. {"val"}); None keeps all.
 
     Returns:
@@ -161,6 +168,8 @@ def read_refcoco(refs_path: str | Path, instances_path: str | Path, image_dir: s
             a ref's ann_id or image_id is not in the instances file, its box lies outside its
             image (naming the ref id, box and image size), or a requested split occurs in no
             ref (listing the splits present).
+        MissingImages: `image_dir` holds none of the kept refs' images (0 of N found), naming
+            the folder, what it holds and what RefCOCO's images are.
     """
     if isinstance(splits, str):
         raise ValueError(f"splits must be a set of split names such as {{'val'}}, got the "
@@ -199,4 +208,21 @@ def read_refcoco(refs_path: str | Path, instances_path: str | Path, image_dir: s
         box = normalised_box(bbox, image.width, image.height, f"{where} (ann {ann_id})")
         items.append(RefItem(ref_id, image_id, image.path, ref["split"], sentences, box,
                              image.width, image.height))
+    _locate(items, images, Path(image_dir), splits)
     return items
+
+
+def _locate(items: list[RefItem], images: dict, image_dir: Path, splits: set[str] | None
+            ) -> None:
+    """Point the refs at their images' files in `image_dir` (`coco.locate_images`);
+    MissingImages when none is there."""
+    used = [images[i] for i in dict.fromkeys(item.image_id for item in items)]
+    found = locate_images(used, image_dir)
+    which = f" of split {', '.join(sorted(splits))}" if splits else ""
+    require_images(found, len(used), image_dir, f"the RefCOCO refs{which}",
+                   "COCO train2014 images, named COCO_train2014_000000XXXXXX.jpg as the refs' "
+                   "instances.json names them, or the same ids under COCO 2017 names "
+                   "000000XXXXXX.jpg (train2017 holds every train2014 image; val2017 none of "
+                   "RefCOCO's)")
+    for item in items:
+        item.path = images[item.image_id].path

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.coco import read_coco_captions
+from ..data.coco import MissingImages, read_coco_captions
 from ..data.real import RecEvalSet
 from ..data.refcoco import read_refcoco
 from ..io.bundle import load_bundle
@@ -163,7 +163,11 @@ def _real(settings: DiscSettings, scorer, bundle, progress: bool) -> dict:
     resolution = settings.resolution or 8 * int(bundle.unet.config.sample_size)
     out: dict = {"itm": {}, "rec": {}, "skipped_images": 0}
     if settings.coco_captions and settings.n_itm:
-        captioned = read_coco_captions(settings.coco_captions, settings.coco_images)
+        try:
+            captioned = read_coco_captions(settings.coco_captions, settings.coco_images,
+                                           require=True)
+        except MissingImages as err:  # not a result over no image
+            raise ValueError(f"--coco-images {err}") from None
         if len(captioned) < 4:
             raise ValueError(f"{settings.coco_captions} has {len(captioned)} captioned images; "
                              "ITM needs at least 4 (one positive, three negative images)")
@@ -180,7 +184,12 @@ def _refcoco(settings: DiscSettings, scorer, resolution: int, rec: dict, progres
     """REC per RefCOCO split into `rec`; returns the number of images skipped."""
     splits = settings.refcoco_splits
     images = settings.refcoco_images or settings.coco_images
-    refs = read_refcoco(settings.refcoco_refs, settings.refcoco_instances, images, set(splits))
+    try:  # COCO 2017 names are read by id; a folder with none of the images is an error
+        refs = read_refcoco(settings.refcoco_refs, settings.refcoco_instances, images,
+                            set(splits))
+    except MissingImages as err:
+        flag = "--refcoco-images" if settings.refcoco_images else "--coco-images"
+        raise ValueError(f"{flag} {err}") from None
     skipped = 0
     for split in splits:
         evalset = RecEvalSet([r for r in refs if r.split == split], resolution)
