@@ -94,6 +94,55 @@ def test_ema_starts_and_restarts_on_schedule():
     assert [r["iteration"] for r in history if r.get("restart")] == [7, 11]
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_sds_of_a_model_that_knows_the_answer_is_zero_and_weighs_by_time(prediction):
+    """A U-Net that returns the true noise (or velocity) of z_t = add(z_0, t, eps) leaves no
+    SDS gradient at any guidance; one that is off by d gives w(t) d (1 - abar_t, or 1)."""
+    from types import SimpleNamespace
+
+    from dpt_t2i.generation.referee import sds_gradient
+    from dpt_t2i.model.latents import Noiser
+
+    noiser = Noiser({"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                     "num_train_timesteps": 1000, "prediction_type": prediction})
+    z0 = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([100, 700])
+    abar = noiser.alphas_cumprod[t].view(-1, 1, 1, 1)
+
+    def unet(offset):
+        def call(x, steps, context):
+            a = torch.cat([abar, abar])
+            eps = (x - a.sqrt() * torch.cat([z0, z0])) / (1 - a).sqrt()
+            out = eps if prediction == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * \
+                torch.cat([z0, z0])
+            return SimpleNamespace(sample=out + offset)
+        call.dtype = torch.float32
+        return call
+
+    cond, uncond = torch.zeros(2, 3, 8), torch.ones(2, 3, 8)
+    exact = sds_gradient(unet(0.0), noiser, z0, cond, uncond, t, 7.5, torch.Generator())
+    assert exact.abs().max() < 1e-4
+    off = 0.1 if prediction == "epsilon" else 0.1 / abar.sqrt().repeat(2, 1, 1, 1)
+    for weight, want in (("noise-variance", 0.1 * (1 - abar)), ("constant", 0.1)):
+        got = sds_gradient(unet(off), noiser, z0, cond, uncond, t, 7.5, torch.Generator(),
+                           time_weight=weight)
+        assert torch.allclose(got, torch.as_tensor(want).expand_as(got), atol=1e-4)
+
+
+def test_the_papers_settings_are_the_authors_code_in_our_terms():
+    """Pepper-lll/VLMinv generate.py: sd_weight 800 -> 400 on sum(2 (eps_hat - eps) z) / (h w)
+    takes a step of 800 x 2 / (64 x 64) per element of SD's 4 x 64 x 64 latent, as our mean
+    over all 4 x 64 x 64 elements does at 6400; all 10 views; blip_weight 2."""
+    from dpt_t2i.generation.referee import PAPER_SETTINGS
+
+    p = PAPER_SETTINGS
+    assert p.sds_weight / (4 * 64 * 64) == 800 * 2 / (64 * 64)
+    assert p.sds_weight_end / (4 * 64 * 64) == 400 * 2 / (64 * 64)
+    assert (p.init, p.iterations, p.lr, p.lr_end, p.views, p.top_k, p.referee_weight,
+            p.guidance, p.t_min, p.t_max, p.ema_decay, p.sds_time_weight) == \
+        ("noise", 160, 1.0, 0.5, 10, 10, 2.0, 30.0, 50, 950, 0.95, "constant")
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="top_k"):
         RefereeSettings(views=4, top_k=5)
@@ -101,6 +150,9 @@ def test_settings_are_checked():
         RefereeSettings(t_min=900, t_max=100)
     with pytest.raises(ValueError, match="init must be one of noise, sample"):
         RefereeSettings(init="canvas")
+    with pytest.raises(ValueError, match="sds_time_weight must be one of noise-variance, "
+                                         "constant"):
+        RefereeSettings(sds_time_weight="linear")
 
 
 @pytest.mark.parametrize("kind", ["clip", "dpt"])

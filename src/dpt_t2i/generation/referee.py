@@ -8,8 +8,9 @@ One iteration reads top to bottom:
    lowest (the hardest views) and ascend their mean; without augmentation the latent is
    free to become an adversarial example of the referee;
 2. SDS: noise the latent to a random t in [t_min, t_max], ask the U-Net (classifier-free
-   guidance `guidance`) for the noise, and take w * (eps_hat - eps) as the gradient that
-   pulls the latent toward the model's images;
+   guidance `guidance`) for the noise, and take w(t) (eps_hat - eps) as the gradient that
+   pulls the latent toward the model's images, w(t) = 1 - alpha_bar(t) (`sds_time_weight`
+   "noise-variance") or 1 ("constant", as the authors' code has it);
 3. the SDS term is weighted as a mean-reduced loss would weight it: `sds_weight` (cosine to
    `sds_weight_end`) over the latent's size; the referee's gradient is rescaled to that
    term's norm (per image) times `referee_weight`, and the two are summed; plain SGD with a
@@ -18,13 +19,16 @@ One iteration reads top to bottom:
    every `ema_restart` iterations after it the latent restarts from the average.
 
 Scorers take decoded images (B, 3, H, W) in [-1, 1] and B prompts and return (B,) scores,
-so any image-text matcher plugs in (`clip_scorer`, `dpt_scorer`).
+so any image-text matcher plugs in (`clip_scorer`, `dpt_scorer`, and BLIP-2's and CLIP's from
+local folders in `vlm_scorers.py`).
 
 The latent starts from seeded noise (`init="noise"`, the reference code) or from the model's
 own sample for that noise (`init="sample"`: `dpt generate`'s DDIM image, which the referee
 then corrects). `RefereeSettings()` holds the reference code's defaults; `SHAPES_SETTINGS`
 the ones measured best on the Shapes model (see docs/dpt-shapes.md, "Referee generation"):
-from noise, the small Shapes U-Net's score distillation does not make clean shapes.
+from noise, the small Shapes U-Net's score distillation does not make clean shapes;
+`PAPER_SETTINGS` those of the authors' code for a BLIP-2 referee on SD 1.5 (docs/referees.md
+lists what of that code is not reproduced).
 
 `dpt referee` runs it.
 """
@@ -48,6 +52,7 @@ Scorer = Callable[[Tensor, list[str]], Tensor]  # (B, 3, H, W) in [-1, 1], B pro
 
 
 INITS = ("noise", "sample")
+SDS_TIME_WEIGHTS = ("noise-variance", "constant")  # w(t) = 1 - alpha_bar(t), or 1
 
 
 @dataclass
@@ -79,10 +84,14 @@ class RefereeSettings:
     augment: bool = True
     sds: bool = True
     ema: bool = True
+    sds_time_weight: str = "noise-variance"  # w(t) of the SDS gradient (SDS_TIME_WEIGHTS)
 
     def __post_init__(self):
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.sds_time_weight not in SDS_TIME_WEIGHTS:
+            raise ValueError(f"sds_time_weight must be one of {', '.join(SDS_TIME_WEIGHTS)}, "
+                             f"got {self.sds_time_weight!r}")
         if self.init_steps < 1:
             raise ValueError(f"init_steps must be >= 1, got {self.init_steps}")
         if self.iterations < 1 or self.views < 1 or not 1 <= self.top_k <= self.views:
@@ -99,6 +108,16 @@ class RefereeSettings:
 SHAPES_SETTINGS = RefereeSettings(init="sample", iterations=40, ema_start=10, ema_restart=15,
                                   sds_weight=12.5, sds_weight_end=6.25, guidance=7.5,
                                   t_max=500)
+
+# the authors' code (github.com/Pepper-lll/VLMinv, generate.py's defaults: a BLIP-2 referee
+# on SD 1.5 at 512 px), in this module's terms. Their SDS loss is sd_weight x sum(2 (eps_hat -
+# eps) z) / (h w): w(t) = 2 for every t ("constant" here), summed over the 4 latent channels
+# where this module averages them, so their 800 -> 400 is 800 x 2 x 4 = 6400 -> 3200 here.
+# Their top-k keeps aug_topk = 10 of cutn = 10 views (all), and the referee's gradient takes
+# blip_weight = 2 times the SDS norm. The rest matches RefereeSettings(): 160 iterations from
+# noise, SGD at 1 -> 0.5, guidance 30, t in [50, 950], an EMA of decay 0.95 with restarts.
+PAPER_SETTINGS = RefereeSettings(top_k=10, referee_weight=2.0, sds_weight=6400.0,
+                                 sds_weight_end=3200.0, sds_time_weight="constant")
 
 
 def cosine(step: int, steps: int, start: float, end: float) -> float:
@@ -168,18 +187,30 @@ def referee_loss(scorer: Scorer, images: Tensor, prompts: list[str], settings: R
 
 
 def sds_gradient(unet, noiser: Noiser, latents: Tensor, cond: Tensor, uncond: Tensor, t: Tensor,
-                 guidance: float, generator: torch.Generator) -> Tensor:
+                 guidance: float, generator: torch.Generator,
+                 time_weight: str = "noise-variance") -> Tensor:
     """The score-distillation gradient w(t) (eps_hat(z_t) - eps) for latents (B, C, h, w),
-    with w(t) = 1 - alpha_bar(t) and classifier-free guidance; no graph."""
+    with classifier-free guidance and w(t) = 1 - alpha_bar(t) (`time_weight`
+    "noise-variance") or 1 ("constant"); no graph. A v-prediction U-Net's output is turned
+    into its noise estimate, sqrt(abar_t) v + sqrt(1 - abar_t) z_t."""
+    kind = noiser.prediction_type
+    if kind not in ("epsilon", "v_prediction"):
+        raise ValueError(f"score distillation needs a model that predicts the noise or the "
+                         f"velocity; this one predicts {kind!r}")
     noise = noiser.noise_like(latents, generator)
+    abar = noiser.alphas_cumprod.to(latents.device)[t].view(-1, 1, 1, 1)
     with torch.no_grad():
         noisy = noiser.add(latents.detach(), t, noise)
-        eps = unet(torch.cat([noisy, noisy]).to(unet.dtype), torch.cat([t, t]),
+        out = unet(torch.cat([noisy, noisy]).to(unet.dtype), torch.cat([t, t]),
                    torch.cat([uncond, cond]).to(unet.dtype)).sample.float()
-    eps_u, eps_c = eps.chunk(2)
-    eps_hat = eps_u + guidance * (eps_c - eps_u)
-    weight = (1 - noiser.alphas_cumprod.to(latents.device)[t]).view(-1, 1, 1, 1)
-    return weight * (eps_hat - noise)
+    out_u, out_c = out.chunk(2)
+    if kind == "v_prediction":
+        out_u, out_c = (abar.sqrt() * v + (1 - abar).sqrt() * noisy.float()
+                        for v in (out_u, out_c))
+    eps_hat = out_u + guidance * (out_c - out_u)
+    if time_weight == "constant":
+        return eps_hat - noise
+    return (1 - abar) * (eps_hat - noise)
 
 
 def optimise(decode: Callable[[Tensor], Tensor], scorer: Scorer, prompts: list[str],
@@ -300,6 +331,7 @@ def generate(bundle, scorer: Scorer, prompts: list[str], seeds: list[int],
 
     def sds(z: Tensor, i: int) -> Tensor:
         t = torch.randint(settings.t_min, settings.t_max, (len(z),), generator=gen)
-        return sds_gradient(bundle.unet, noiser, z, cond, uncond, t, settings.guidance, gen)
+        return sds_gradient(bundle.unet, noiser, z, cond, uncond, t, settings.guidance, gen,
+                            settings.sds_time_weight)
 
     return optimise(decode, scorer, prompts, z0, settings, gen, sds=sds, progress=progress)
