@@ -3,13 +3,18 @@ model (the referee) judges it a match, with score distillation from the diffusio
 
 Same prompts, output folder and index as `dpt generate`: image k of the run starts from the
 latent noise of seed S+k and is written as k.png. The referee is DPT's matching score
-(`--referee dpt`, default; the shipped DPT weights on the shipped model, or `--dpt PATH`) or
-the Shapes CLIP's image-text similarity (`--referee clip`). `--no-augment`, `--no-sds` and
-`--no-ema` switch the regularisers off one at a time (the ablations).
+(`--referee dpt`, default; the shipped DPT weights on the shipped model, or `--dpt PATH`),
+CLIP's image-text similarity (`--referee clip`: the Shapes CLIP, or a local CLIP folder with
+`--referee-model PATH`) or BLIP-2's (`--referee blip2-itm`: the log-probability of its
+image-text matching head, the paper's referee; `--referee blip2-itc`: its contrastive
+similarity; `--referee-model PATH` a local Blip2ForImageTextRetrieval folder). See
+docs/referees.md. `--no-augment`, `--no-sds` and `--no-ema` switch the regularisers off one
+at a time (the ablations).
 
 Settings not given take the Shapes ones measured best (`referee.SHAPES_SETTINGS`: correct the
-model's own sample, `--init sample`) on the shipped Shapes model and the reference code's
-(from noise) on any other model or with `--reference-settings`.
+model's own sample, `--init sample`) on the shipped Shapes model; on any other model the
+authors' (`referee.PAPER_SETTINGS`) with a `--referee-model` folder, else the reference
+code's (from noise). `--reference-settings` and `--paper-settings` choose one on any model.
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from ..generation.methods import referee_preset
-from ..generation.referee import INITS, SHAPES_SETTINGS, RefereeSettings
-from ..generation.referee_folder import REFEREES, RefereeRun, referee_folder
+from ..generation.referee import (INITS, PAPER_SETTINGS, SDS_TIME_WEIGHTS, SHAPES_SETTINGS,
+                                  RefereeSettings)
+from ..generation.referee_folder import REFEREES, RefereeRun, referee_folder, run_preset
 from ..io.image_folder import INDEX
 from .model_args import add_threads_argument, model_folder, quiet_loading, set_threads
 from .prompt_input import add_prompt_arguments, read_prompts
@@ -44,16 +49,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--referee", choices=REFEREES, default=RefereeRun.referee)
     p.add_argument("--dpt", type=Path, default=None, metavar="PATH",
                    help="--referee dpt: a DPT folder (default: the shipped DPT weights)")
+    p.add_argument("--referee-model", type=Path, default=None, metavar="PATH",
+                   help="--referee blip2-itm / blip2-itc: a local Blip2ForImageTextRetrieval "
+                        "folder (e.g. Salesforce/blip2-itm-vit-g); --referee clip: a local "
+                        "CLIPModel folder (default: the Shapes CLIP)")
     reference = RefereeSettings()
-    p.add_argument("--reference-settings", action="store_true",
-                   help="start from the reference code's settings on the Shapes model too")
+    presets = p.add_mutually_exclusive_group()
+    presets.add_argument("--reference-settings", action="store_true",
+                         help="start from the reference code's settings on any model")
+    presets.add_argument("--paper-settings", action="store_true",
+                         help="start from the authors' settings (PAPER_SETTINGS) on any model")
     p.add_argument("--init", choices=INITS, default=None,
                    help=f"the start latent (default {SHAPES_SETTINGS.init} on the Shapes model, "
                         f"{reference.init} elsewhere)")
+    p.add_argument("--sds-time-weight", choices=SDS_TIME_WEIGHTS, default=None,
+                   help="w(t) of the SDS gradient: 1 - alpha_bar(t), or 1 (default: paper "
+                        f"{PAPER_SETTINGS.sds_time_weight}, else {reference.sds_time_weight})")
     for name, kind in FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
-                       help=f"(default {getattr(SHAPES_SETTINGS, name):g} on the Shapes model, "
-                            f"{getattr(reference, name):g} elsewhere)")
+                       help=f"(default: Shapes {getattr(SHAPES_SETTINGS, name):g}, paper "
+                            f"{getattr(PAPER_SETTINGS, name):g}, reference "
+                            f"{getattr(reference, name):g})")
     for name in ("augment", "sds", "ema"):
         p.add_argument(f"--no-{name}", action="store_true", help=f"switch {name} off")
     p.add_argument("--overwrite", action="store_true",
@@ -75,16 +91,19 @@ def run(args: argparse.Namespace) -> int:
     model = model_folder(args.model)
     settings = _settings(args, model)
     job = RefereeRun(model, prompts, args.out, settings, args.referee, args.dpt,
-                     args.num_images, args.seed, args.batch_size, args.overwrite, args.resume)
+                     args.num_images, args.seed, args.batch_size, args.overwrite, args.resume,
+                     args.referee_model)
     records = referee_folder(job, before_load=lambda out: quiet_loading())
     print(f"wrote {len(records)} images and {INDEX} to {Path(args.out).expanduser().resolve()}")
     return 0
 
 
 def _settings(args: argparse.Namespace, model: Path) -> RefereeSettings:
-    """The run's RefereeSettings: the flags given over the model's preset."""
-    preset = RefereeSettings() if args.reference_settings else referee_preset(model)
-    given = {name: getattr(args, name) for name in [*FLAGS, "init"]
+    """The run's RefereeSettings: the flags given over the preset (`run_preset` unless one
+    is named)."""
+    preset = RefereeSettings() if args.reference_settings else \
+        PAPER_SETTINGS if args.paper_settings else run_preset(model, args.referee_model)
+    given = {name: getattr(args, name) for name in [*FLAGS, "init", "sds_time_weight"]
              if getattr(args, name) is not None}
     return replace(preset, **given, augment=not args.no_augment, sds=not args.no_sds,
                    ema=not args.no_ema)

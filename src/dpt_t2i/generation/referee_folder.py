@@ -4,6 +4,11 @@ Image k of the run starts from the latent noise of seed S+k and is written as k.
 `index.jsonl` record per image naming the referee and every setting. Inputs are checked
 before the model loads and the folder is taken and written as `methods.generate_folder`
 does (`io/folder_writer.py`: one run at a time, resumable).
+
+Referees: "dpt" (the DPT adapter's matching score), "clip" (the Shapes CLIP, or with
+`referee_model` a CLIP folder), "blip2-itm" and "blip2-itc" (a BLIP-2 retrieval folder,
+`referee_model`); a referee folder is checked before the output folder is taken and loaded
+before the diffusion model (io/vlm_referees.py, generation/vlm_scorers.py).
 """
 
 from __future__ import annotations
@@ -19,17 +24,21 @@ from ..io.clip import load_clip_and_tokenizer
 from ..io.dpt_folder import load_for_sampling
 from ..io.folder_writer import RESUME_OR_OVERWRITE, open_folder
 from ..io.image_folder import numbered_records, write_png
-from .methods import FolderRun, SamplerSettings, check_vocabulary, shipped_dpt
-from .referee import RefereeSettings, Scorer, clip_scorer, dpt_scorer, generate
+from ..io.vlm_referees import VLMReferee, check_vlm_folder, load_vlm_referee
+from .methods import FolderRun, SamplerSettings, check_vocabulary, referee_preset, shipped_dpt
+from .referee import (PAPER_SETTINGS, SHAPES_SETTINGS, RefereeSettings, Scorer, clip_scorer,
+                      dpt_scorer, generate)
 from .sampling import check_seeds, check_steps, decode
+from .vlm_scorers import vlm_scorer
 
-REFEREES = ("dpt", "clip")
+REFEREES = ("dpt", "clip", "blip2-itm", "blip2-itc")
 
 
 @dataclass
 class RefereeRun:
     """What to make and where; `referee` "dpt" reads `dpt` (default: the shipped DPT weights
-    on the shipped model), "clip" the Shapes CLIP."""
+    on the shipped model), "clip" `referee_model` (default: the Shapes CLIP), "blip2-itm" and
+    "blip2-itc" `referee_model`."""
 
     model: Path                       # a checked model folder
     prompts: list[str]
@@ -42,6 +51,7 @@ class RefereeRun:
     batch_size: int = SamplerSettings.batch_size  # images optimised together
     overwrite: bool = False
     resume: bool = False              # keep an unfinished run's images, make the rest
+    referee_model: Path | None = None  # a BLIP-2 or CLIP folder (io/vlm_referees.py)
 
     def __post_init__(self):
         if self.overwrite and self.resume:
@@ -53,29 +63,49 @@ class RefereeRun:
         if self.referee not in REFEREES:
             raise ValueError(f"unknown referee {self.referee!r}; expected one of "
                              f"{', '.join(REFEREES)}")
-        if self.referee == "clip" and self.dpt is not None:
-            raise ValueError("--referee clip reads no DPT folder; drop --dpt")
+        if self.referee != "dpt" and self.dpt is not None:
+            raise ValueError(f"--referee {self.referee} reads no DPT folder; drop --dpt")
+        if self.referee == "dpt" and self.referee_model is not None:
+            raise ValueError("--referee dpt reads --dpt, not --referee-model; drop "
+                             "--referee-model or name a BLIP-2 / CLIP referee")
+        if self.referee.startswith("blip2") and self.referee_model is None:
+            raise ValueError(f"--referee {self.referee} needs --referee-model PATH: a local "
+                             f"Blip2ForImageTextRetrieval folder (e.g. Salesforce/"
+                             f"blip2-itm-vit-g)")
         check_seeds(self.seed, len(self.prompts) * self.num_images)
 
     def plan(self) -> list[dict]:
         """One index record per image, in run order."""
+        folder = {} if self.referee_model is None else {"referee_model": str(self.referee_model)}
         return numbered_records(self.prompts, self.num_images, self.seed, {
-            "model": str(self.model), "method": "referee", "referee": self.referee,
+            "model": str(self.model), "method": "referee", "referee": self.referee, **folder,
             **{f.name: getattr(self.settings, f.name) for f in fields(self.settings)}})
 
 
-def load_referee(bundle: ModelBundle, referee: str, dpt: Path | None
-                 ) -> Callable[[int], Scorer]:
-    """The referee on `bundle` (a DPT folder's LoRA is fused into its U-Net), as a function of
-    a batch's first seed giving the batch's scorer.
+def run_preset(model: Path, referee_model: Path | None) -> RefereeSettings:
+    """The settings a run starts from: the Shapes ones on the shipped Shapes model
+    (`methods.referee_preset`), the authors' (`PAPER_SETTINGS`) with a BLIP-2 or CLIP folder
+    as the referee on any other model, the reference code's otherwise."""
+    preset = referee_preset(model)
+    if referee_model is not None and preset != SHAPES_SETTINGS:
+        return PAPER_SETTINGS
+    return preset
+
+
+def load_referee(bundle: ModelBundle, referee: str, dpt: Path | None,
+                 vlm: VLMReferee | None = None) -> Callable[[int], Scorer]:
+    """The referee on `bundle` (a DPT folder's LoRA is fused into its U-Net), or `vlm`'s when
+    given, as a function of a batch's first seed giving the batch's scorer.
 
     The DPT scorer's noise is drawn from a generator it seeds; one scorer per batch, seeded
     by the batch, makes each batch's images independent of the batches before it, so a
     resumed run makes them as an uninterrupted one does.
     """
-    if referee == "clip":
-        scorer = clip_scorer(*load_clip_and_tokenizer())  # draws no noise
+    if vlm is not None or referee == "clip":  # neither draws noise
+        scorer = vlm_scorer(vlm) if vlm is not None else clip_scorer(*load_clip_and_tokenizer())
         return lambda seed: scorer
+    if referee != "dpt":
+        raise ValueError(f"--referee {referee} needs --referee-model PATH")
     folder = dpt if dpt is not None else shipped_dpt(bundle.path)
     if folder is None:
         raise ValueError("--referee dpt needs --dpt PATH on a model other than the shipped one")
@@ -98,13 +128,16 @@ def referee_folder(run: RefereeRun, before_load: Callable[[Path], None] | None =
     vocabulary = read_vocabulary(run.model)
     if vocabulary is not None:
         check_vocabulary(run.prompts, vocabulary, run.model)
+    checked = None if run.referee_model is None else \
+        check_vlm_folder(run.referee_model, run.referee, run.prompts)
     records = run.plan()
     with open_folder(run.out, records, run.batch_size, overwrite=run.overwrite,
                      resume=run.resume) as folder:
         if before_load is not None:
             before_load(folder.out)
+        vlm = None if checked is None else load_vlm_referee(checked)  # before the big model
         bundle = load_bundle(run.model)
-        scorers = load_referee(bundle, run.referee, run.dpt)
+        scorers = load_referee(bundle, run.referee, run.dpt, vlm)
         todo = folder.start(records)
         _render(bundle, scorers, todo, folder.stage, run.settings, run.batch_size, folder.add)
         folder.finish()
