@@ -158,8 +158,9 @@ def shipped_dpt(model: Path) -> Path | None:
 
 
 def referee_preset(model: Path) -> RefereeSettings:
-    """The referee settings a model starts from: measured ones on the shipped Shapes model,
-    the reference code's elsewhere."""
+    """The referee settings a model starts from with its own referees: measured ones on the
+    shipped Shapes model, the reference code's elsewhere (a BLIP-2 or CLIP folder referee
+    starts from the authors' instead: `referee_folder.run_preset`)."""
     if Path(model).resolve() == default_model_path().resolve():
         return SHAPES_SETTINGS
     return RefereeSettings()
