@@ -177,6 +177,11 @@ def test_the_cache_command_on_coco(tiny_model, tmp_path, capsys):
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert manifest["samples"] == 3 and manifest["resolution"] == 64  # one epoch, 8 x 8 px
     assert manifest["data"]["kind"] == "coco" and manifest["data"]["images"] == 3
+    (tmp_path / "empty").mkdir()  # a folder of none of the captioned images: refused by name
+    with pytest.raises(ValueError, match=r"^--coco-images .*empty: 0 of the 3 images"):
+        _cache_command(["--model", str(tiny_model), "--coco-captions", str(captions),
+                        "--coco-images", str(tmp_path / "empty"), "--out", str(tmp_path / "d")])
+    assert not (tmp_path / "d").exists()
 
 
 def test_probe_reads_a_cache_and_workers_change_nothing(tiny_model, tmp_path):

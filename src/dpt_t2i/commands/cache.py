@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..data.coco import read_coco_captions
+from ..data.coco import MissingImages, read_coco_captions
 from ..data.loader import LoaderSettings
 from ..data.real import RealDPTData
 from ..data.refcoco import read_refcoco
@@ -99,9 +99,12 @@ def _read_data(args: argparse.Namespace):
         raise ValueError("give both --coco-captions and --coco-images")
     if (args.refcoco_refs is None) != (args.refcoco_instances is None):
         raise ValueError("give both --refcoco-refs and --refcoco-instances, or neither")
-    captioned = read_coco_captions(args.coco_captions, args.coco_images)
-    refs = (read_refcoco(args.refcoco_refs, args.refcoco_instances, args.coco_images, {"train"})
-            if args.refcoco_refs else None)
+    try:  # COCO 2014 and 2017 names are both read, by image id
+        captioned = read_coco_captions(args.coco_captions, args.coco_images, require=True)
+        refs = (read_refcoco(args.refcoco_refs, args.refcoco_instances, args.coco_images,
+                             {"train"}) if args.refcoco_refs else None)
+    except MissingImages as err:
+        raise ValueError(f"--coco-images {err}") from None
     return captioned, refs
 
 
