@@ -10,8 +10,10 @@ Every image is noised once to `--timestep` with seeded noise before the U-Net re
 shipped Shapes DPT weights on the shipped model), `clip` (the Shapes CLIP zero-shot, or
 `--clip-model PATH`: cosine of image and text embeddings) or `diffusion-itm` (the U-Net's
 denoising error over `--itm-timesteps`, zero-shot; with `--dpt` a LoRA folder such as `dpt
-tune-hn-itm`'s final/, which gives HN-DiffusionITM). The two baselines score ITM only. The
-result names how many U-Net evaluations one pair costs.
+tune-hn-itm`'s final/, which gives HN-DiffusionITM) or `shapes-referee` (the Shapes referee's
+match logit, `--referee PATH` or the shipped one: text attending over image patches, the
+world's analogue of BLIP-2's ITM head; Shapes world only, no model is loaded). The
+baselines score ITM only. The result names how many U-Net evaluations one pair costs.
 """
 
 from __future__ import annotations
@@ -23,19 +25,22 @@ from pathlib import Path
 
 from ..eval.disc_run import (METHODS, TIMESTEPS_EXPECTED, DiscSettings, format_tables,
                              run_discriminative)
+from ..eval.zero_shot import run_shapes_referee
 from ..generation.methods import shipped_dpt
 from ..io.bundle import default_model_path
+from ..io.shapes_referee import default_shapes_referee_path
 from .model_args import (add_model_argument, add_threads_argument, model_folder, quiet_loading,
                          set_threads)
 
 DEFAULT = DiscSettings  # the flags' defaults and the help texts read its fields
+REFEREE = "shapes-referee"  # scored here, without a model bundle (see _referee)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate-disc", help="image-text matching and referring-expression "
                        "accuracy of a DPT model", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", choices=METHODS, default=DEFAULT.method,
+    p.add_argument("--method", choices=(*METHODS, REFEREE), default=DEFAULT.method,
                    help=f"scorer (default {DEFAULT.method}; see above)")
     p.add_argument("--dpt", type=Path, default=None, metavar="PATH",
                    help="a DPT folder (a probe or tune run's final/) for --method dpt (default: "
@@ -43,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "models), optional LoRA for diffusion-itm")
     p.add_argument("--clip-model", type=Path, default=None, metavar="PATH",
                    help="--method clip: a transformers CLIP folder (default: the Shapes CLIP)")
+    p.add_argument("--referee", type=Path, default=None, metavar="PATH",
+                   help=f"--method {REFEREE}: a referee folder (`dpt world train-referee`'s "
+                        "final/; default: the shipped Shapes referee)")
     steps = DEFAULT.itm_timesteps
     p.add_argument("--itm-timesteps", default=",".join(map(str, steps)),
                    metavar="T,T,...", help="--method diffusion-itm: the timesteps whose "
@@ -79,11 +87,32 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
+    if args.method == REFEREE:
+        result = run_shapes_referee(_referee(args), args.n_itm, args.seed)
+        print(json.dumps(result) if args.json else format_tables(result))
+        return 0
+    if args.referee is not None:
+        raise ValueError(f"--referee is read by --method {REFEREE} only")
     settings = _settings(args)
     quiet_loading()
     result = run_discriminative(settings)
     print(json.dumps(result) if args.json else format_tables(result))
     return 0
+
+
+def _referee(args: argparse.Namespace) -> Path:
+    """The referee folder of --method shapes-referee, once the flags it ignores are refused."""
+    ignored = [flag for flag, value in (
+        ("--dpt", args.dpt), ("--clip-model", args.clip_model), ("--model", args.model),
+        ("--coco-captions", args.coco_captions), ("--coco-images", args.coco_images),
+        ("--refcoco-refs", args.refcoco_refs)) if value is not None]
+    if ignored:
+        raise ValueError(f"--method {REFEREE} scores the Shapes world's renders alone; drop "
+                         f"{', '.join(ignored)}")
+    if args.n_itm <= 0:
+        raise ValueError(f"--method {REFEREE} scores image-text matching only; --n-itm must "
+                         "be > 0")
+    return args.referee or default_shapes_referee_path()
 
 
 def _settings(args: argparse.Namespace) -> DiscSettings:

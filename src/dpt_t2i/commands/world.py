@@ -1,4 +1,5 @@
-"""`dpt world ...`: train the Shapes world's text-to-image model, stage by stage."""
+"""`dpt world ...`: train the Shapes world's text-to-image model, stage by stage, and its
+referee (an image-text matcher the referee generation follows)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from ..io.dpt_folder import half_copy
 from ..shapes_model.clip import train_clip
+from ..shapes_model.referee import referee_config, train_referee
 from ..shapes_model.unet import train_unet
 from ..shapes_model.vae import train_vae
 from .model_args import add_threads_argument, set_threads
@@ -55,11 +57,35 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="also write the full CLIP (text and image encoders) here")
     asm.set_defaults(run=_assemble)
 
+    _referee_parser(stages)
+
     ship = stages.add_parser("ship-dpt", help="write a DPT folder as the shipped fp16 DPT weights")
     ship.add_argument("--dpt", type=Path, required=True, help="a tune run's final/ folder")
     ship.add_argument("--out", type=Path, required=True,
                       help="where to write it (src/dpt_t2i/weights/shapes-dpt for the package)")
     ship.set_defaults(run=_ship_dpt)
+
+
+def _referee_parser(stages: argparse._SubParsersAction) -> None:
+    ref = stages.add_parser(
+        "train-referee", help="train the Shapes referee: text attending over image patches, "
+        "a match / no match head (hard negatives of the world, exact labels)")
+    _common(ref, steps=2400, batch=16, lr=1e-3)
+    ref.add_argument("--out", type=Path, default=None, metavar="DIR",
+                     help="also write the fp16 referee folder here (the package's: "
+                          "src/dpt_t2i/weights/shapes-referee); RUN_DIR/final always")
+    ref.add_argument("--augment", type=float, default=1.0, metavar="S",
+                     help="strength of the blur / colour / noise augmentation (default 1; "
+                          "0: clean renders)")
+    model = referee_config()  # the defaults live in RefereeConfig
+    for flag, default, what in (("--width", model.width, "token width"),
+                                ("--stem-channels", model.stem_channels, "conv stem channels"),
+                                ("--image-layers", model.image_layers,
+                                 "self-attention layers over the patches"),
+                                ("--text-layers", model.text_layers,
+                                 "text layers reading the patches")):
+        ref.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
+    ref.set_defaults(run=_train_referee)
 
 
 def _common(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None:
@@ -102,6 +128,18 @@ def _train_unet(args: argparse.Namespace) -> int:
     summary = train_unet(args.run_dir, args.vae, args.clip, steps=args.steps, batch=args.batch,
                          lr=args.lr, pool_size=args.pool_size, seed=args.seed,
                          resume=args.resume == "latest", checkpoint_every=args.checkpoint_every)
+    print(json.dumps(summary))
+    return 0
+
+
+def _train_referee(args: argparse.Namespace) -> int:
+    _setup(args)
+    config = referee_config(width=args.width, stem_channels=args.stem_channels,
+                            image_layers=args.image_layers, text_layers=args.text_layers)
+    summary = train_referee(args.run_dir, steps=args.steps, batch=args.batch, lr=args.lr,
+                            seed=args.seed, resume=args.resume == "latest",
+                            checkpoint_every=args.checkpoint_every, config=config,
+                            augment_strength=args.augment, out=args.out)
     print(json.dumps(summary))
     return 0
 

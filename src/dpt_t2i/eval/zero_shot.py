@@ -10,9 +10,13 @@ them on the same items as a DPT model:
   unconditional error is the authors' normalisation for choosing among images (it changes
   nothing when choosing among texts). With LoRA on the U-Net (an HN-DiffusionITM folder from
   `dpt tune-hn-itm`) it scores the tuned model.
+- `ShapesRefereeScorer`: the Shapes referee's match logit (`model.shapes_referee`, the
+  world's analogue of BLIP-2's ITM head); no U-Net evaluation.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,8 +24,11 @@ from torch import Tensor
 
 from ..data.samples import images_to_tensor
 from ..io.clip import clip_image_embeds, clip_text_embeds
+from ..io.shapes_referee import load_shapes_referee
 from ..model.latents import Noiser, encode_latents
+from ..model.shapes_referee import ShapesReferee, token_ids
 from ..model.text import encode_texts
+from .discriminative import evaluate_itm, shapes_itm_item
 
 CHUNK = 128  # latents per U-Net call
 DEFAULT_TIMESTEPS = tuple(range(50, 1000, 100))  # 10 levels, 50 .. 950
@@ -95,3 +102,46 @@ class DiffusionITMScorer:
         base = dict(zip(images, unconditional.tolist()))
         conditional = self.errors(encoded[li], hidden[ti])
         return torch.tensor([base[i] for i in li.tolist()]) - conditional
+
+
+class ShapesRefereeScorer:
+    """Image-text matching by the Shapes referee's logit: its image memories are made once an
+    image (`encode`), then each pair's text reads its image's memory."""
+
+    unet_evals_per_pair = 0
+
+    def __init__(self, model: ShapesReferee):
+        self.model = model.eval()
+
+    @torch.no_grad()
+    def encode(self, images: list[np.ndarray]) -> Tensor:
+        """(N, S, W) image memories of uint8 images."""
+        return torch.cat([self.model.encode_images(images_to_tensor(images[i:i + CHUNK]))
+                          for i in range(0, len(images), CHUNK)])
+
+    @torch.no_grad()
+    def pair_scores(self, encoded: Tensor, texts: list[str], pairs: list[tuple[int, int]]
+                    ) -> Tensor:
+        """(P,) match logits of (image index, text index) pairs."""
+        ids = token_ids(self.model.config, texts)
+        return self.model.match(encoded, ids, torch.tensor(pairs, dtype=torch.long))
+
+
+def run_shapes_referee(folder: Path, n_itm: int = 200, seed: int = 1,
+                       progress: bool = True) -> dict:
+    """ITM of a Shapes referee folder on the Shapes world's ID and OOD streams, the items of
+    `dpt evaluate-disc` (`run_discriminative`'s result layout, no REC).
+
+    Raises:
+        ValueError: the folder cannot be read (named by the flag that gives it, --referee).
+    """
+    try:
+        scorer = ShapesRefereeScorer(load_shapes_referee(folder))
+    except ValueError as err:
+        raise ValueError(f"--referee: {err}") from None
+    itm = {split: evaluate_itm(scorer, [shapes_itm_item(seed, i, split) for i in range(n_itm)],
+                               progress=progress)
+           for split in ("id", "ood")}
+    return {"itm": itm, "rec": {}, "settings": {"method": "shapes-referee",
+                                                "referee": str(folder), "seed": seed,
+                                                "unet_evals_per_pair": 0}}
