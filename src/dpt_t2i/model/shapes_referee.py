@@ -158,8 +158,8 @@ class TextLayer(nn.Module):
         k, v = (self._heads(t) for t in kv.chunk(2, -1))  # (P, h, S, W/h)
         found = None
         if find:
-            logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (P, h, L, S)
-            found = logits.amax(-1).mean(1)  # (P, L)
+            logits = q @ k.transpose(-1, -2)  # (P, h, L, S), unscaled
+            found = logits.amax(-1).mean(1) / math.sqrt(q.shape[-1])  # (P, L)
         att = F.scaled_dot_product_attention(q, k, v)
         x = x + self.cross_out(att.transpose(1, 2).reshape(p, n, w))
         return x + self.ffn(self.norm3(x)), found
