@@ -219,6 +219,39 @@ def test_referee_command_writes_a_generate_style_folder(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["folders"][str(tmp_path / "a")]["id"]["n"] == 2
 
 
+def test_the_shapes_referee_moves_the_latent(tmp_path, capsys):
+    """--referee shapes-itm: the shipped Shapes referee steers the start (no SDS, so only the
+    referee moves it); that its gradient raises its score is tests/test_shipped_referee.py's."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    argv = ["--prompt", "two green triangles", "--num-images", 2, "--referee", "shapes-itm",
+            "--no-sds", "--views", 2, "--top-k", 1, "--ema-start", 1, "--ema-restart", 1]
+    assert _dpt("referee", *argv, "--iterations", 1, "--lr", 0, "--lr-end", 0,
+                "--out", tmp_path / "start") == 0
+    assert _dpt("referee", *argv, "--iterations", 8, "--out", tmp_path / "moved") == 0
+    record = json.loads((tmp_path / "moved" / "index.jsonl").read_text().splitlines()[0])
+    assert record["referee"] == "shapes-itm" and "referee_model" not in record
+    for k in (0, 1):
+        start, moved = (np.asarray(Image.open(tmp_path / f / f"{k:05d}.png")).astype(int)
+                        for f in ("start", "moved"))
+        assert np.abs(moved - start).max() > 10
+
+
+def test_the_shapes_referee_needs_a_shapes_model_and_a_whole_folder(tiny_model_plain, tmp_path,
+                                                                      capsys):
+    (tmp_path / "broken").mkdir()
+    for extra, message in ((["--model", tiny_model_plain], "is not a Shapes model"),
+                           (["--referee-model", tmp_path / "broken"], "--referee-model: ")):
+        assert _dpt("referee", "--prompt", "a red circle", "--referee", "shapes-itm", *extra,
+                    "--out", tmp_path / "x") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+        assert not (tmp_path / "x").exists()
+
+
 def test_reference_settings_and_flags_override_the_preset(tmp_path):
     import json
 

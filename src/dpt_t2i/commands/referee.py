@@ -5,7 +5,9 @@ Same prompts, output folder and index as `dpt generate`: image k of the run star
 latent noise of seed S+k and is written as k.png. The referee is DPT's matching score
 (`--referee dpt`, default; the shipped DPT weights on the shipped model, or `--dpt PATH`),
 CLIP's image-text similarity (`--referee clip`: the Shapes CLIP, or a local CLIP folder with
-`--referee-model PATH`) or BLIP-2's (`--referee blip2-itm`: the log-probability of its
+`--referee-model PATH`), the Shapes referee's match logit (`--referee shapes-itm`: text
+attending over image patches, ITM 1.0 on Shapes scenes; the shipped one or a `dpt world
+train-referee` folder; Shapes models only) or BLIP-2's (`--referee blip2-itm`: the log-probability of its
 image-text matching head, the paper's referee; `--referee blip2-itc`: its contrastive
 similarity; `--referee-model PATH` a local Blip2ForImageTextRetrieval folder). See
 docs/referees.md. `--no-augment`, `--no-sds` and `--no-ema` switch the regularisers off one
@@ -52,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--referee-model", type=Path, default=None, metavar="PATH",
                    help="--referee blip2-itm / blip2-itc: a local Blip2ForImageTextRetrieval "
                         "folder (e.g. Salesforce/blip2-itm-vit-g); --referee clip: a local "
-                        "CLIPModel folder (default: the Shapes CLIP)")
+                        "CLIPModel folder (default: the Shapes CLIP); --referee shapes-itm: a "
+                        "`dpt world train-referee` folder (default: the shipped one)")
     reference = RefereeSettings()
     presets = p.add_mutually_exclusive_group()
     presets.add_argument("--reference-settings", action="store_true",

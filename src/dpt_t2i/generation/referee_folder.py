@@ -6,8 +6,10 @@ before the model loads and the folder is taken and written as `methods.generate_
 does (`io/folder_writer.py`: one run at a time, resumable).
 
 Referees: "dpt" (the DPT adapter's matching score), "clip" (the Shapes CLIP, or with
-`referee_model` a CLIP folder), "blip2-itm" and "blip2-itc" (a BLIP-2 retrieval folder,
-`referee_model`); a referee folder is checked before the output folder is taken and loaded
+`referee_model` a CLIP folder), "shapes-itm" (the Shapes referee, text attending over image
+patches: the shipped one, or with `referee_model` a `dpt world train-referee` folder; Shapes
+models only), "blip2-itm" and "blip2-itc" (a BLIP-2 retrieval folder, `referee_model`); a
+referee folder is checked before the output folder is taken and loaded
 before the diffusion model (io/vlm_referees.py, generation/vlm_scorers.py).
 """
 
@@ -24,21 +26,25 @@ from ..io.clip import load_clip_and_tokenizer
 from ..io.dpt_folder import load_for_sampling
 from ..io.folder_writer import RESUME_OR_OVERWRITE, open_folder
 from ..io.image_folder import numbered_records, write_png
+from ..io.shapes_referee import (default_shapes_referee_path, load_shapes_referee,
+                                 read_shapes_referee_config)
 from ..io.vlm_referees import VLMReferee, check_vlm_folder, load_vlm_referee
 from .methods import FolderRun, SamplerSettings, check_vocabulary, referee_preset, shipped_dpt
 from .referee import (PAPER_SETTINGS, SHAPES_SETTINGS, RefereeSettings, Scorer, clip_scorer,
                       dpt_scorer, generate)
 from .sampling import check_seeds, check_steps, decode
+from .shapes_referee import shapes_referee_scorer
 from .vlm_scorers import vlm_scorer
 
-REFEREES = ("dpt", "clip", "blip2-itm", "blip2-itc")
+REFEREES = ("dpt", "clip", "shapes-itm", "blip2-itm", "blip2-itc")
 
 
 @dataclass
 class RefereeRun:
     """What to make and where; `referee` "dpt" reads `dpt` (default: the shipped DPT weights
-    on the shipped model), "clip" `referee_model` (default: the Shapes CLIP), "blip2-itm" and
-    "blip2-itc" `referee_model`."""
+    on the shipped model), "clip" `referee_model` (default: the Shapes CLIP), "shapes-itm"
+    `referee_model` (default: the shipped Shapes referee), "blip2-itm" and "blip2-itc"
+    `referee_model`."""
 
     model: Path                       # a checked model folder
     prompts: list[str]
@@ -51,7 +57,7 @@ class RefereeRun:
     batch_size: int = SamplerSettings.batch_size  # images optimised together
     overwrite: bool = False
     resume: bool = False              # keep an unfinished run's images, make the rest
-    referee_model: Path | None = None  # a BLIP-2 or CLIP folder (io/vlm_referees.py)
+    referee_model: Path | None = None  # a BLIP-2, CLIP or Shapes referee folder
 
     def __post_init__(self):
         if self.overwrite and self.resume:
@@ -93,7 +99,8 @@ def run_preset(model: Path, referee_model: Path | None) -> RefereeSettings:
 
 
 def load_referee(bundle: ModelBundle, referee: str, dpt: Path | None,
-                 vlm: VLMReferee | None = None) -> Callable[[int], Scorer]:
+                 vlm: VLMReferee | None = None, referee_model: Path | None = None
+                 ) -> Callable[[int], Scorer]:
     """The referee on `bundle` (a DPT folder's LoRA is fused into its U-Net), or `vlm`'s when
     given, as a function of a batch's first seed giving the batch's scorer.
 
@@ -101,6 +108,10 @@ def load_referee(bundle: ModelBundle, referee: str, dpt: Path | None,
     by the batch, makes each batch's images independent of the batches before it, so a
     resumed run makes them as an uninterrupted one does.
     """
+    if referee == "shapes-itm":  # draws no noise
+        scorer = shapes_referee_scorer(load_shapes_referee(
+            referee_model or default_shapes_referee_path()))
+        return lambda seed: scorer
     if vlm is not None or referee == "clip":  # neither draws noise
         scorer = vlm_scorer(vlm) if vlm is not None else clip_scorer(*load_clip_and_tokenizer())
         return lambda seed: scorer
@@ -128,7 +139,9 @@ def referee_folder(run: RefereeRun, before_load: Callable[[Path], None] | None =
     vocabulary = read_vocabulary(run.model)
     if vocabulary is not None:
         check_vocabulary(run.prompts, vocabulary, run.model)
-    checked = None if run.referee_model is None else \
+    if run.referee == "shapes-itm":
+        _check_shapes_referee(run, vocabulary)
+    checked = None if run.referee_model is None or run.referee == "shapes-itm" else \
         check_vlm_folder(run.referee_model, run.referee, run.prompts)
     records = run.plan()
     with open_folder(run.out, records, run.batch_size, overwrite=run.overwrite,
@@ -137,11 +150,24 @@ def referee_folder(run: RefereeRun, before_load: Callable[[Path], None] | None =
             before_load(folder.out)
         vlm = None if checked is None else load_vlm_referee(checked)  # before the big model
         bundle = load_bundle(run.model)
-        scorers = load_referee(bundle, run.referee, run.dpt, vlm)
+        scorers = load_referee(bundle, run.referee, run.dpt, vlm, run.referee_model)
         todo = folder.start(records)
         _render(bundle, scorers, todo, folder.stage, run.settings, run.batch_size, folder.add)
         folder.finish()
     return records
+
+
+def _check_shapes_referee(run: RefereeRun, vocabulary) -> None:
+    """The Shapes referee reads Shapes prompts on a Shapes model, from a whole folder."""
+    if vocabulary is None:
+        raise ValueError(f"--referee shapes-itm reads the Shapes world's prompts; {run.model} "
+                         "is not a Shapes model (use blip2-itm, blip2-itc or clip with "
+                         "--referee-model)")
+    folder = run.referee_model or default_shapes_referee_path()
+    try:
+        read_shapes_referee_config(folder)
+    except ValueError as err:
+        raise ValueError(f"--referee-model: {err}") from None
 
 
 def _render(bundle: ModelBundle, scorers: Callable[[int], Scorer], records: list[dict],
