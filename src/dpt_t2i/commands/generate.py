@@ -147,8 +147,8 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     sampler = SamplerSettings(args.steps, args.guidance, args.scheduler, args.batch_size,
                               args.device, args.dtype)
-    check_self_correction(None if args.self_correct is DEFAULT_STEP else args.self_correct,
-                          tuple(args.self_correct_range), args.self_correct_mode,
+    eta = None if args.self_correct is DEFAULT_STEP else args.self_correct  # None: the default
+    check_self_correction(eta, tuple(args.self_correct_range), args.self_correct_mode,
                           args.self_correct_unit)
     _check_flags(args)
     prompts, benchmark = read_prompt_set(args)
@@ -158,7 +158,6 @@ def run(args: argparse.Namespace) -> int:
     model = model_folder(args.model)
     words = None if args.subject_words is None else \
         tuple(w.strip() for w in args.subject_words.split(",") if w.strip())
-    eta = None if args.self_correct is DEFAULT_STEP else args.self_correct
     asked = False if args.no_self_correct else (True if args.self_correct is not None else None)
     spec = choose_method(model, base=args.base, dpt=args.dpt, eta=eta,
                          sc_range=tuple(args.self_correct_range),
