@@ -18,16 +18,15 @@ import argparse
 import json
 from pathlib import Path
 
-from ..data.coco import MissingImages, read_coco_captions
 from ..data.loader import LoaderSettings
 from ..data.real import RealDPTData
-from ..data.refcoco import read_refcoco
 from ..data.shapes.world import CANVAS
 from ..data.sources import ShapesSource
 from ..io.bundle import DTYPES, check_device, load_bundle
 from ..training.cache import write_cache
 from .model_args import (add_model_argument, add_threads_argument, model_folder, quiet_loading,
                          set_threads)
+from .train import read_coco_files
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,17 +94,7 @@ def _read_data(args: argparse.Namespace):
             raise ValueError(f"--resolution: Shapes images are {CANVAS} px, got "
                              f"{args.resolution}")
         return None
-    if args.coco_captions is None or args.coco_images is None:
-        raise ValueError("give both --coco-captions and --coco-images")
-    if (args.refcoco_refs is None) != (args.refcoco_instances is None):
-        raise ValueError("give both --refcoco-refs and --refcoco-instances, or neither")
-    try:  # COCO 2014 and 2017 names are both read, by image id
-        captioned = read_coco_captions(args.coco_captions, args.coco_images, require=True)
-        refs = (read_refcoco(args.refcoco_refs, args.refcoco_instances, args.coco_images,
-                             {"train"}) if args.refcoco_refs else None)
-    except MissingImages as err:
-        raise ValueError(f"--coco-images {err}") from None
-    return captioned, refs
+    return read_coco_files(args)
 
 
 def _source(args: argparse.Namespace, data, model_side: int):

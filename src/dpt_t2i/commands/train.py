@@ -375,23 +375,31 @@ def _source(args: argparse.Namespace, bundle, settings):
             raise ValueError("RefCOCO files need --coco-captions and --coco-images too "
                              "(captions give the matching objective its texts)")
         return ShapesSource(seed=settings.seed, n_negatives=settings.n_negatives)
-    if args.coco_captions is None or args.coco_images is None:
-        raise ValueError("give both --coco-captions and --coco-images")
-    if (args.refcoco_refs is None) != (args.refcoco_instances is None):
-        raise ValueError("give both --refcoco-refs and --refcoco-instances, or neither")
     resolution = image_side(bundle, args)
-    try:  # COCO 2014 and 2017 names are both read, by image id
-        captioned = read_coco_captions(args.coco_captions, args.coco_images, require=True)
-        refs = (read_refcoco(args.refcoco_refs, args.refcoco_instances, args.coco_images,
-                             {"train"}) if args.refcoco_refs else None)
-    except MissingImages as err:
-        raise ValueError(f"--coco-images {err}") from None
+    captioned, refs = read_coco_files(args)
     if refs and not {r.image_id for r in refs} & {c.image_id for c in captioned}:
         raise ValueError(f"--refcoco-refs: none of the {len(refs)} train refs is on an image "
                          f"of --coco-captions {args.coco_captions}; RefCOCO's train refs are "
                          "on COCO train2014 images (captions_train2014.json, or "
                          "captions_train2017.json, which holds them all)")
     return RealDPTData(captioned, refs, resolution, settings.n_negatives, settings.seed)
+
+
+def read_coco_files(args: argparse.Namespace):
+    """The captioned images of --coco-captions and the train refs of --refcoco-* (None
+    without), their images found in --coco-images under 2014 or 2017 names; ValueError
+    naming the flag for files given by half or a folder that holds none of the images."""
+    if args.coco_captions is None or args.coco_images is None:
+        raise ValueError("give both --coco-captions and --coco-images")
+    if (args.refcoco_refs is None) != (args.refcoco_instances is None):
+        raise ValueError("give both --refcoco-refs and --refcoco-instances, or neither")
+    try:  # COCO 2014 and 2017 names are both read, by image id
+        captioned = read_coco_captions(args.coco_captions, args.coco_images, require=True)
+        refs = (read_refcoco(args.refcoco_refs, args.refcoco_instances, args.coco_images,
+                             {"train"}) if args.refcoco_refs else None)
+    except MissingImages as err:
+        raise ValueError(f"--coco-images {err}") from None
+    return captioned, refs
 
 
 def _check_run_folder(run_dir: Path, model: Path, config, settings, resume: bool) -> dict:
