@@ -7,7 +7,7 @@ import pytest
 from dpt_t2i.app.demo import METHODS as DEMO_METHODS
 from dpt_t2i.generation.methods import (METHODS, SAMPLED, FolderRun, MethodSpec, SamplerSettings,
                                         choose_method, plan_images, referee_preset, shipped_dpt)
-from dpt_t2i.generation.referee import SHAPES_SETTINGS, RefereeSettings
+from dpt_t2i.generation.referee import SHAPES_NOISE_SETTINGS, SHAPES_SETTINGS, RefereeSettings
 from dpt_t2i.io.bundle import default_model_path
 from dpt_t2i.io.dpt_folder import default_dpt_path
 
@@ -18,7 +18,10 @@ def test_the_shipped_model_means_the_shipped_dpt_weights_and_referee_preset(tiny
     assert shipped_dpt(SHIPPED) == default_dpt_path()
     assert shipped_dpt(tiny_model) is None
     assert referee_preset(SHIPPED) == SHAPES_SETTINGS
+    assert referee_preset(SHIPPED, "sample") == SHAPES_SETTINGS
+    assert referee_preset(SHIPPED, "noise") == SHAPES_NOISE_SETTINGS
     assert referee_preset(tiny_model) == RefereeSettings()
+    assert referee_preset(tiny_model, "noise") == RefereeSettings()
 
 
 def test_choose_method_resolves_flags_as_dpt_generate_does(tiny_model, tiny_dpt):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dpt_t2i.generation.referee import RefereeSettings, augment, cosine, optimise, referee_loss
+from dpt_t2i.generation.referee import (RefereeSettings, augment, border_colour, cosine, optimise,
+                                        referee_loss, sds_timesteps)
 
 
 def test_cosine_runs_from_start_to_end():
@@ -123,7 +124,8 @@ def test_sds_of_a_model_that_knows_the_answer_is_zero_and_weighs_by_time(predict
     exact = sds_gradient(unet(0.0), noiser, z0, cond, uncond, t, 7.5, torch.Generator())
     assert exact.abs().max() < 1e-4
     off = 0.1 if prediction == "epsilon" else 0.1 / abar.sqrt().repeat(2, 1, 1, 1)
-    for weight, want in (("noise-variance", 0.1 * (1 - abar)), ("constant", 0.1)):
+    for weight, want in (("noise-variance", 0.1 * (1 - abar)), ("constant", 0.1),
+                         ("x0", 0.1 * ((1 - abar) / abar).sqrt())):
         got = sds_gradient(unet(off), noiser, z0, cond, uncond, t, 7.5, torch.Generator(),
                            time_weight=weight)
         assert torch.allclose(got, torch.as_tensor(want).expand_as(got), atol=1e-4)
@@ -151,8 +153,66 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="init must be one of noise, sample"):
         RefereeSettings(init="canvas")
     with pytest.raises(ValueError, match="sds_time_weight must be one of noise-variance, "
-                                         "constant"):
+                                         "constant, x0"):
         RefereeSettings(sds_time_weight="linear")
+    with pytest.raises(ValueError, match="t_schedule must be one of random, anneal"):
+        RefereeSettings(t_schedule="cosine")
+    with pytest.raises(ValueError, match="fill must be one of grey, border"):
+        RefereeSettings(fill="black")
+    with pytest.raises(ValueError, match="referee_start must be in \\[0, iterations\\), got 160"):
+        RefereeSettings(referee_start=160)
+
+
+def test_border_fill_shows_the_background_where_grey_fill_shows_grey():
+    """A shape on a flat background: with fill "border" a view holds no pixel that is neither
+    (up to the view's colour jitter), with "grey" the corners the affine map uncovers are grey;
+    "grey" is the fill the views always had."""
+    images = torch.full((1, 3, 32, 32), 0.92)  # the Shapes world's (245, 245, 245)
+    images[:, 0, 12:20, 12:20], images[:, 1:, 12:20, 12:20] = 1.0, -1.0  # a red square
+    assert torch.allclose(border_colour(images), torch.full((1, 3, 1, 1), 0.92))
+    grey = augment(images, 8, torch.Generator().manual_seed(0))
+    assert torch.equal(grey, augment(images, 8, torch.Generator().manual_seed(0), "grey"))
+    border = augment(images, 8, torch.Generator().manual_seed(0), "border")
+    # per view, how far pixels are from its brightest (background) level: grey leaves many
+    # mid-grey pixels, border none beyond the square's red
+    def dark_greys(views):
+        level = views.amax((1, 2, 3), keepdim=True)
+        spread = views.amax(1) - views.amin(1)  # 0 for grey pixels, large for red
+        return ((level[:, 0] - views.mean(1) > 0.5) & (spread < 0.2)).float().mean()
+    assert dark_greys(grey) > 0.02 and dark_greys(border) == 0
+    with pytest.raises(ValueError, match="fill must be one of grey, border"):
+        augment(images, 2, torch.Generator(), "white")
+
+
+def test_annealed_timesteps_step_from_t_max_to_t_min():
+    settings = RefereeSettings(iterations=5, t_schedule="anneal", t_min=50, t_max=950)
+    ts = [int(sds_timesteps(settings, i, 3, torch.Generator())[0]) for i in range(5)]
+    assert ts == [950, 725, 500, 275, 50]
+    assert sds_timesteps(settings, 2, 3, torch.Generator()).tolist() == [500] * 3
+    top = RefereeSettings(iterations=2, t_schedule="anneal", t_max=1000)
+    assert int(sds_timesteps(top, 0, 1, torch.Generator())[0]) == 999  # the last timestep
+    drawn = sds_timesteps(RefereeSettings(t_min=100, t_max=200), 0, 500,
+                          torch.Generator().manual_seed(0))
+    assert drawn.min() >= 100 and drawn.max() < 200 and len(set(drawn.tolist())) > 50
+
+
+def test_the_referee_joins_at_referee_start():
+    settings = RefereeSettings(iterations=6, lr=1.0, lr_end=1.0, augment=False, ema=False,
+                               referee_start=4)
+    calls = []
+
+    def scorer(x, prompts):
+        calls.append(1)
+        return x.mean((1, 2, 3))
+
+    history = []
+    out = optimise(lambda z: z, scorer, ["p"], torch.zeros(1, 1, 2, 2), settings,
+                   torch.Generator(), sds=lambda z, i: torch.full_like(z, 4.0), history=history)
+    assert len(calls) == 2 and [("score" in r) for r in history] == [False] * 4 + [True] * 2
+    # SDS gradient w_i per element (w_i x 4 over 4 elements); from iteration 4 the referee's
+    # ascent of the mean, rescaled to the SDS norm, is -w_i per element and cancels it
+    moved = sum(cosine(i, 6, 800.0, 400.0) for i in range(4))
+    assert torch.allclose(out, torch.full_like(out, -moved))
 
 
 @pytest.mark.parametrize("kind", ["clip", "dpt"])
@@ -217,6 +277,25 @@ def test_referee_command_writes_a_generate_style_folder(tmp_path, capsys):
     capsys.readouterr()
     assert _dpt("evaluate", tmp_path / "a", "--json") == 0
     assert json.loads(capsys.readouterr().out)["folders"][str(tmp_path / "a")]["id"]["n"] == 2
+
+
+def test_init_noise_takes_the_shapes_from_noise_preset(tmp_path):
+    """On the shipped model `--init noise` brings the other settings measured with it (an
+    annealed x0-weighted SDS, no EMA); flags still win."""
+    import json
+
+    from dpt_t2i.generation.referee import SHAPES_NOISE_SETTINGS
+
+    assert _dpt("referee", "--prompt", "a red circle", "--num-images", 1, "--init", "noise",
+                "--iterations", 3, "--referee-start", 1, "--views", 2, "--top-k", 1,
+                "--referee", "shapes-itm", "--out", tmp_path / "n") == 0
+    record = json.loads((tmp_path / "n" / "index.jsonl").read_text().splitlines()[0])
+    p = SHAPES_NOISE_SETTINGS
+    assert (record["init"], record["t_schedule"], record["sds_time_weight"], record["ema"],
+            record["fill"], record["sds_weight"], record["iterations"],
+            record["referee_start"]) == \
+        ("noise", "anneal", "x0", False, "border", p.sds_weight, 3, 1)
+    assert (p.ema, p.iterations, p.referee_start) == (False, 160, 0)
 
 
 def test_the_shapes_referee_moves_the_latent(tmp_path, capsys):

@@ -16,7 +16,23 @@ def dpt(*argv) -> int:
 
 
 QUICK = ["--per-family", 1, "--num-images", 1, "--n-itm", 4, "--n-itm-diffusion", 2,
-         "--n-rec", 4, "--etas", "0,0.1", "--no-attend-excite", "--threads", 2]
+         "--n-rec", 4, "--etas", "0,0.1", "--no-attend-excite", "--threads", 2,
+         "--referees", "shapes-itm:sample,dpt:noise"]
+REFEREE_ROWS = ["referee-shapes-itm-sample", "referee-dpt-noise"]
+
+
+def _short_referee_presets(monkeypatch):
+    """The report's referee rows with their presets cut to 2 iterations (the suite's time)."""
+    from dataclasses import replace
+
+    from dpt_t2i.eval import report
+    from dpt_t2i.generation.methods import referee_preset
+
+    def short(model, init=None):
+        preset = referee_preset(model, init)
+        return replace(preset, iterations=2, referee_start=min(preset.referee_start, 1))
+
+    monkeypatch.setattr(report, "referee_preset", short)
 
 
 def _tune_like(shipped, out):
@@ -51,7 +67,9 @@ def report(tmp_path_factory):
     (sweep / "eval.json").write_text(json.dumps(block))
     argv = ["report", "--out", root / "out", "--work", root / "work", "--probe", shipped,
             "--match-only", shipped, "--curve", curve, "--sweep", root / "sweep", *QUICK]
-    assert dpt(*argv) == 0
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _short_referee_presets(monkeypatch)
+        assert dpt(*argv) == 0
     return root, argv
 
 
@@ -73,7 +91,7 @@ def test_report_numbers_are_the_folders_numbers(report):
 
     root, _ = report
     data = json.loads((root / "out" / "report.json").read_text())
-    assert list(data["generation"]) == ["base", "dpt", "dpt+sc"]
+    assert list(data["generation"]) == ["base", "dpt", "dpt+sc", *REFEREE_ROWS]
     for name, folder in (("base", "base"), ("dpt+sc", "dpt-sc")):
         for split in ("ood", "id"):
             direct = summarize(judge_folders([root / "work" / "gen" / f"{folder}-{split}"]))
@@ -81,7 +99,7 @@ def test_report_numbers_are_the_folders_numbers(report):
             assert row["n"] == 5 and row["overall"] == direct[split]["overall"]
             assert row["fd"] > 0
     # paired with base: the shipped folder has no LoRA, so DPT alone is the base model's images
-    assert set(data["paired"]) == {"dpt", "dpt+sc"}
+    assert set(data["paired"]) == {"dpt", "dpt+sc", *REFEREE_ROWS}
     assert data["paired"]["dpt"]["ood"]["overall"] == {"diff": 0.0, "low": 0.0, "high": 0.0}
     sc = data["paired"]["dpt+sc"]["ood"]
     assert sc["pairs"] == 5 and sc["overall"]["low"] <= sc["overall"]["diff"] <= \
@@ -93,14 +111,42 @@ def test_report_numbers_are_the_folders_numbers(report):
     assert data["eta_sweep"]["0"] == data["generation"]["dpt"]["ood"]
     assert data["eta_sweep"]["0.1"] == data["generation"]["dpt+sc"]["ood"]
     disc = data["discriminative"]
-    assert set(disc) == {"clip", "diffusion-itm", "stage1", "stage2"}
+    assert set(disc) == {"clip", "diffusion-itm", "stage1", "stage2", "shapes-referee"}
+    assert disc["shapes-referee"]["itm"]["ood"]["n"] == 4
     assert disc["stage1"]["itm"] == disc["stage2"]["itm"]  # the same folder was given twice
     assert [disc[k]["settings"]["unet_evals_per_pair"] for k in ("clip", "diffusion-itm")] == [0, 10]
     assert set(data["curve"]) == {"0", "10"}
     assert data["curve"]["10"]["disc"]["itm"] == disc["stage2"]["itm"]
     assert data["curve"]["0"]["generation"] == data["generation"]["base"]["ood"]
     assert set(data["ablations"]) == {"match-only", "both", "both+sc"}
-    assert set(data["cost"]) == {"base", "dpt", "dpt+sc"}
+    assert set(data["cost"]) == {"base", "dpt", "dpt+sc", *REFEREE_ROWS}
+
+
+def test_report_referee_rows_are_dpt_referee_runs(report):
+    from dpt_t2i.eval.alignment import judge_folders, summarize
+    from dpt_t2i.generation.referee import SHAPES_NOISE_SETTINGS, SHAPES_SETTINGS
+    from dpt_t2i.io.image_folder import read_index
+
+    root, _ = report
+    data = json.loads((root / "out" / "report.json").read_text())
+    for name, referee, preset in (("referee-shapes-itm-sample", "shapes-itm", SHAPES_SETTINGS),
+                                  ("referee-dpt-noise", "dpt", SHAPES_NOISE_SETTINGS)):
+        for split in ("ood", "id"):
+            folder = root / "work" / "gen" / f"{name}-{split}"
+            records = read_index(folder)
+            assert len(records) == 5 and {r["referee"] for r in records} == {referee}
+            assert {(r["init"], r["iterations"], r["t_schedule"]) for r in records} == \
+                {(preset.init, 2, preset.t_schedule)}
+            assert ("dpt" in records[0]) == (referee == "dpt")
+            direct = summarize(judge_folders([folder]))[split]
+            assert data["generation"][name][split]["overall"] == direct["overall"]
+        diff = data["paired"][name]["ood"]["overall"]["diff"]
+        assert diff == pytest.approx(data["generation"][name]["ood"]["overall"]
+                                     - data["generation"]["base"]["ood"]["overall"])
+    text = (root / "out" / "README.md").read_text()
+    assert "| referee: Shapes referee, from the model's sample |" in text
+    assert "| referee: DPT, from noise |" in text
+    assert "| Shapes referee (the referee rows' referee) |" in text
 
 
 def test_a_second_report_reads_the_cache(report, capsys):
@@ -138,6 +184,8 @@ def test_a_cached_folder_made_otherwise_is_not_reused(report):
     (["--etas", "0,5"], "--etas must be comma-separated numbers from 0 to 1"),
     (["--hn-itm", "/nonexistent"], "--hn-itm"),
     (["--per-family", "0"], "--per-family"),
+    (["--referees", "shapes-itm:canvas"], "--referees takes comma-separated REFEREE:INIT"),
+    (["--referees", "blip2-itm:noise"], "got 'blip2-itm:noise'"),
 ])
 def test_report_input_errors(tmp_path, capsys, extra, message):
     assert dpt("report", "--out", tmp_path / "o", "--work", tmp_path / "w", *extra) == 2

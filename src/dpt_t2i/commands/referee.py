@@ -7,16 +7,19 @@ latent noise of seed S+k and is written as k.png. The referee is DPT's matching 
 CLIP's image-text similarity (`--referee clip`: the Shapes CLIP, or a local CLIP folder with
 `--referee-model PATH`), the Shapes referee's match logit (`--referee shapes-itm`: text
 attending over image patches, ITM 1.0 on Shapes scenes; the shipped one or a `dpt world
-train-referee` folder; Shapes models only) or BLIP-2's (`--referee blip2-itm`: the log-probability of its
-image-text matching head, the paper's referee; `--referee blip2-itc`: its contrastive
-similarity; `--referee-model PATH` a local Blip2ForImageTextRetrieval folder). See
+train-referee` folder; Shapes models only) or BLIP-2's (`--referee blip2-itm`: the
+log-probability of its image-text matching head, the paper's referee; `--referee
+blip2-itc`: its contrastive similarity; `--referee-model PATH` a local
+Blip2ForImageTextRetrieval folder). See
 docs/referees.md. `--no-augment`, `--no-sds` and `--no-ema` switch the regularisers off one
 at a time (the ablations).
 
-Settings not given take the Shapes ones measured best (`referee.SHAPES_SETTINGS`: correct the
-model's own sample, `--init sample`) on the shipped Shapes model; on any other model the
-authors' (`referee.PAPER_SETTINGS`) with a `--referee-model` folder, else the reference
-code's (from noise). `--reference-settings` and `--paper-settings` choose one on any model.
+Settings not given take the Shapes ones measured best on the shipped Shapes model: correct
+the model's own sample (`--init sample`, `referee.SHAPES_SETTINGS`), or with `--init noise`
+an annealed score distillation from noise that the referee steers
+(`referee.SHAPES_NOISE_SETTINGS`). On any other model they take the authors'
+(`referee.PAPER_SETTINGS`) with a `--referee-model` folder, else the reference code's (from
+noise). `--reference-settings` and `--paper-settings` choose one on any model.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from ..generation.referee import (INITS, PAPER_SETTINGS, SDS_TIME_WEIGHTS, SHAPES_SETTINGS,
+from ..generation.referee import (FILLS, INITS, PAPER_SETTINGS, SDS_TIME_WEIGHTS,
+                                  SHAPES_NOISE_SETTINGS, SHAPES_SETTINGS, T_SCHEDULES,
                                   RefereeSettings)
 from ..generation.referee_folder import REFEREES, RefereeRun, referee_folder, run_preset
 from ..io.image_folder import INDEX
@@ -36,7 +40,7 @@ from .prompt_input import add_prompt_arguments, read_prompts
 FLAGS = {"init_steps": int, "init_guidance": float, "iterations": int, "lr": float,
          "lr_end": float, "views": int, "top_k": int, "ema_decay": float, "ema_start": int,
          "ema_restart": int, "sds_weight": float, "sds_weight_end": float,
-         "referee_weight": float, "guidance": float, "t_min": int, "t_max": int}
+         "referee_weight": float, "referee_start": int, "guidance": float, "t_min": int, "t_max": int}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +60,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "folder (e.g. Salesforce/blip2-itm-vit-g); --referee clip: a local "
                         "CLIPModel folder (default: the Shapes CLIP); --referee shapes-itm: a "
                         "`dpt world train-referee` folder (default: the shipped one)")
-    reference = RefereeSettings()
     presets = p.add_mutually_exclusive_group()
     presets.add_argument("--reference-settings", action="store_true",
                          help="start from the reference code's settings on any model")
@@ -64,15 +67,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="start from the authors' settings (PAPER_SETTINGS) on any model")
     p.add_argument("--init", choices=INITS, default=None,
                    help=f"the start latent (default {SHAPES_SETTINGS.init} on the Shapes model, "
-                        f"{reference.init} elsewhere)")
+                        f"{RefereeSettings.init} elsewhere; the Shapes model's other settings "
+                        "follow it)")
     p.add_argument("--sds-time-weight", choices=SDS_TIME_WEIGHTS, default=None,
-                   help="w(t) of the SDS gradient: 1 - alpha_bar(t), or 1 (default: paper "
-                        f"{PAPER_SETTINGS.sds_time_weight}, else {reference.sds_time_weight})")
+                   help="w(t) of the SDS gradient: 1 - alpha_bar(t), 1, or "
+                        "sqrt((1 - alpha_bar(t)) / alpha_bar(t)), which steps toward the "
+                        "denoised estimate " + _defaults("sds_time_weight"))
+    p.add_argument("--t-schedule", choices=T_SCHEDULES, default=None,
+                   help="the SDS timesteps: drawn in [--t-min, --t-max], or annealed from "
+                        "--t-max to --t-min over the iterations " + _defaults("t_schedule"))
+    p.add_argument("--fill", choices=FILLS, default=None,
+                   help="what the augmented views show outside the image and in an erased "
+                        "rectangle: grey, or the image's border colour " + _defaults("fill"))
     for name, kind in FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
-                       help=f"(default: Shapes {getattr(SHAPES_SETTINGS, name):g}, paper "
-                            f"{getattr(PAPER_SETTINGS, name):g}, reference "
-                            f"{getattr(reference, name):g})")
+                       help=_defaults(name))
     for name in ("augment", "sds", "ema"):
         p.add_argument(f"--no-{name}", action="store_true", help=f"switch {name} off")
     p.add_argument("--overwrite", action="store_true",
@@ -82,6 +91,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "images, make the rest (same flags as it had)")
     add_threads_argument(p)
     p.set_defaults(run=run)
+
+
+def _defaults(name: str) -> str:
+    """A setting's value in each preset, for its flag's help."""
+    presets = (("Shapes", SHAPES_SETTINGS), ("Shapes from noise", SHAPES_NOISE_SETTINGS),
+               ("paper", PAPER_SETTINGS), ("reference", RefereeSettings()))
+    values = [getattr(preset, name) for _, preset in presets]
+    shown = [f"{v:g}" if isinstance(v, (int, float)) else str(v) for v in values]
+    return "(default: " + ", ".join(f"{label} {v}" for (label, _), v in zip(presets, shown)) + ")"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,8 +123,10 @@ def _settings(args: argparse.Namespace, model: Path) -> RefereeSettings:
     """The run's RefereeSettings: the flags given over the preset (`run_preset` unless one
     is named)."""
     preset = RefereeSettings() if args.reference_settings else \
-        PAPER_SETTINGS if args.paper_settings else run_preset(model, args.referee_model)
-    given = {name: getattr(args, name) for name in [*FLAGS, "init", "sds_time_weight"]
+        PAPER_SETTINGS if args.paper_settings else \
+        run_preset(model, args.referee_model, args.init)
+    given = {name: getattr(args, name) for name in [*FLAGS, "init", "sds_time_weight", "fill",
+                                                     "t_schedule"]
              if getattr(args, name) is not None}
-    return replace(preset, **given, augment=not args.no_augment, sds=not args.no_sds,
-                   ema=not args.no_ema)
+    return replace(preset, **given, augment=preset.augment and not args.no_augment,
+                   sds=preset.sds and not args.no_sds, ema=preset.ema and not args.no_ema)

@@ -1,13 +1,13 @@
 """`dpt report`: the paper's Tables 1-4 and Figs. 3-5 on the Shapes model, in one folder.
 
 Generates the Shapes benchmark prompts of both splits with every method (base model,
-Attend-and-Excite, HN-DiffusionITM LoRA, DPT, DPT + self-correction, and the stage-2
-ablations) from the same seeds, judges them, measures image quality and cost, evaluates
-every discriminative method on the same image-text matching and REC items, and writes
-README.md (all tables), report.json, fig3-blocks.png, fig4a-steps.png, fig4b-eta.png and
-fig5-grid.png into --out. Every run is cached in --work, so a stopped report continues and
-a second one only rewrites the folder. Rows whose trained folders are not given are left
-out; the README names them.
+Attend-and-Excite, HN-DiffusionITM LoRA, DPT, DPT + self-correction, referee generation
+from the model's sample and from noise, and the stage-2 ablations) from the same seeds,
+judges them, measures image quality and cost, evaluates every discriminative method on the
+same image-text matching and REC items, and writes README.md (all tables), report.json,
+fig3-blocks.png, fig4a-steps.png, fig4b-eta.png and fig5-grid.png into --out. Every run is
+cached in --work, so a stopped report continues and a second one only rewrites the folder.
+Rows whose trained folders are not given are left out; the README names them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..eval.report import ReportInputs, ReportSettings, Work, build_report, check_inputs
+from ..eval.report import (SHAPES_REFEREES, ReportInputs, ReportSettings, Work, build_report,
+                           check_inputs, referee_rows)
 from ..io.dpt_folder import default_dpt_path
 from .model_args import add_threads_argument, quiet_loading, set_threads
 
@@ -63,7 +64,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"benchmark prompts per family (default {D.per_family}, "
                         "`dpt prompts`'s lists; fewer makes a quick, noisier report)")
     p.add_argument("--no-attend-excite", action="store_true",
-                   help="leave Attend-and-Excite out (it is the slowest method)")
+                   help="leave Attend-and-Excite out (the slowest sampler)")
+    p.add_argument("--referees", default=",".join(D.referees), metavar="REFEREE:INIT,...",
+                   help="Table 1's referee rows, `dpt referee --referee REFEREE --init INIT` "
+                        f"with REFEREE one of {', '.join(SHAPES_REFEREES)} and INIT sample or "
+                        f"noise; empty for none (default {','.join(D.referees)})")
     add_threads_argument(p)
     p.set_defaults(run=run)
 
@@ -98,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     settings = ReportSettings(seed=args.seed, num_images=args.num_images, eta=args.eta, etas=etas,
                               n_itm=args.n_itm, n_itm_diffusion=args.n_itm_diffusion,
                               n_rec=args.n_rec, attend_excite=not args.no_attend_excite,
-                              per_family=args.per_family, threads=args.threads)
+                              per_family=args.per_family, threads=args.threads,
+                              referees=referee_rows(args.referees))
     if args.out.resolve() == args.work.resolve():
         raise ValueError("--out and --work must be different folders")
     inputs = ReportInputs(dpt=args.dpt or default_dpt_path(), probe=args.probe,

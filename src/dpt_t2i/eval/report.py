@@ -1,7 +1,8 @@
 """The engine of `dpt report`: every generation and evaluation behind the paper's Tables 1-4
 and Figs. 3-5, on the Shapes model, each run once and cached in a work folder.
 
-Generations are `generation.methods.generate_folder` runs, discriminative results
+Generations are `generation.methods.generate_folder` runs (referee rows:
+`generation.referee_folder.referee_folder` runs), discriminative results
 `eval.disc_run.run_discriminative` runs, with the same prompts (the Shapes benchmark lists of
 both splits) and the same seeds for every method. A cached generation is reused only when its
 `index.jsonl` holds exactly the records the run plans; a cached discriminative result only
@@ -25,19 +26,57 @@ from pathlib import Path
 from ..data.shapes.splits import benchmark_prompts
 from ..generation.guidance import DEFAULT_ETA, MAX_NOISE_ETA
 from ..generation.methods import (FolderRun, MethodSpec, SamplerSettings, choose_method,
-                                  generate_folder)
+                                  generate_folder, referee_preset)
+from ..generation.referee import INITS
+from ..generation.referee_folder import RefereeRun, referee_folder
 from ..io.bundle import check_model_folder, default_model_path
 from ..io.dpt_folder import CONFIG_FILE, HEADS_FILE, LORA_FILE, read_dpt_config
 from ..io.folder_writer import holds_run
 from ..io.image_folder import INDEX
+from ..io.shapes_referee import default_shapes_referee_path
 from .alignment import judge_folders, summarize
 from .disc_run import DiscSettings, run_discriminative
 from .paired import paired_difference
 from .quality import quality_by_split
 from .report_tables import write_report
+from .zero_shot import run_shapes_referee
 
 SPLITS = ("ood", "id")
 COST_ROUNDS = 2
+SHAPES_REFEREES = ("shapes-itm", "dpt", "clip")  # the referees of the Shapes model
+REFEREE_ROWS = ("shapes-itm:sample", "shapes-itm:noise")  # the default rows: REFEREE:INIT
+
+
+@dataclass(frozen=True)
+class RefereeSpec:
+    """A referee row of Table 1: `dpt referee --referee <referee> --init <init>` with the
+    Shapes model's preset for that start (the DPT referee reads the report's DPT folder)."""
+
+    referee: str
+    init: str
+    dpt: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return f"referee-{self.referee}-{self.init}"
+
+    def run(self, model: Path, prompts: list[str], out: Path, num_images: int, seed: int
+            ) -> RefereeRun:
+        return RefereeRun(model, prompts, out, referee_preset(model, self.init), self.referee,
+                          self.dpt if self.referee == "dpt" else None, num_images, seed,
+                          overwrite=True)
+
+
+def referee_rows(text: str) -> tuple[str, ...]:
+    """The REFEREE:INIT names of a comma-separated --referees value (checked)."""
+    rows = tuple(r.strip() for r in text.split(",") if r.strip())
+    for row in rows:
+        referee, _, init = row.partition(":")
+        if referee not in SHAPES_REFEREES or init not in INITS:
+            raise ValueError(f"--referees takes comma-separated REFEREE:INIT with REFEREE one "
+                             f"of {', '.join(SHAPES_REFEREES)} and INIT one of "
+                             f"{', '.join(INITS)} (e.g. shapes-itm:noise), got {row!r}")
+    return rows
 
 
 @dataclass
@@ -69,6 +108,7 @@ class ReportSettings:
     grid_prompts: int = 5              # Fig. 5 rows: the first OOD prompt of each family
     per_family: int = 20               # benchmark prompts per family (fewer: a quick report)
     threads: int | None = None         # torch threads of the whole report (one process)
+    referees: tuple[str, ...] = REFEREE_ROWS  # Table 1's referee rows, REFEREE:INIT
     splits: tuple[str, ...] = field(default=SPLITS)
 
     def __post_init__(self):
@@ -81,6 +121,7 @@ class ReportSettings:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, "
                                  f"got {getattr(self, name)}")
+        referee_rows(",".join(self.referees))
         if not (math.isfinite(self.eta) and 0 < self.eta <= MAX_NOISE_ETA):
             raise ValueError(f"--eta must be a finite number > 0 and <= {MAX_NOISE_ETA:g} "
                              f"(a fraction of the noise level), got {self.eta}")
@@ -116,24 +157,35 @@ class Work:
         return FolderRun(self.model, prompts, out, spec, SamplerSettings(steps=s.steps),
                          num_images or s.num_images, s.seed, overwrite=True)
 
-    def generated(self, name: str, split: str, spec: MethodSpec) -> Path:
+    def run_of(self, split: str, spec: MethodSpec | RefereeSpec, out: Path,
+               num_images: int | None = None, prompts: list[str] | None = None
+               ) -> FolderRun | RefereeRun:
+        """The run of a generation method or a referee row (overwriting `out`)."""
+        if isinstance(spec, MethodSpec):
+            return self.folder_run(split, spec, out, num_images, prompts)
+        s = self.settings
+        if prompts is None:
+            prompts = self.prompts(split).read_text().splitlines()
+        return spec.run(self.model, prompts, out, num_images or s.num_images, s.seed)
+
+    def generated(self, name: str, split: str, spec: MethodSpec | RefereeSpec) -> Path:
         """The image folder of a method on a split, generated unless a matching one exists."""
-        run = self.folder_run(split, spec, self.folder / "gen" / f"{name}-{split}")
+        run = self.run_of(split, spec, self.folder / "gen" / f"{name}-{split}")
         if not holds_run(run.out, run.plan()):
             print(f"report: generating {name} on {split}", flush=True)
-            generate_folder(run)
+            make(run)
         return run.out
 
-    def alignment(self, name: str, split: str, spec: MethodSpec) -> dict:
+    def alignment(self, name: str, split: str, spec: MethodSpec | RefereeSpec) -> dict:
         """The judge's accuracy per family, overall, and the Fréchet distance to renders."""
         return self._judged(name, split, spec)["row"]
 
-    def verdicts(self, name: str, split: str, spec: MethodSpec) -> list[dict]:
+    def verdicts(self, name: str, split: str, spec: MethodSpec | RefereeSpec) -> list[dict]:
         """The judge's verdict on each image (prompt, seed, split, family, satisfied), for
         paired comparisons."""
         return self._judged(name, split, spec)["verdicts"]
 
-    def _judged(self, name: str, split: str, spec: MethodSpec) -> dict:
+    def _judged(self, name: str, split: str, spec: MethodSpec | RefereeSpec) -> dict:
         """{"row": alignment's row, "verdicts": ...} of a generation, cached beside it."""
         folder = self.generated(name, split, spec)
         cache = folder.parent / f"{folder.name}.eval.json"
@@ -154,13 +206,24 @@ class Work:
         """A discriminative evaluation with the report's seed, cached by its settings."""
         settings = replace(settings, model=self.model, seed=self.settings.disc_seed)
         key = json.loads(json.dumps(asdict(settings), default=_jsonable))
+        return self._cached_disc(name, key, lambda: run_discriminative(settings))
+
+    def referee_disc(self) -> dict:
+        """The shipped Shapes referee's image-text matching on the items of the DPT rows."""
+        key = {"method": "shapes-referee", "referee": str(default_shapes_referee_path()),
+               "n_itm": self.settings.n_itm, "seed": self.settings.disc_seed}
+        return self._cached_disc("shapes-referee", key, lambda: run_shapes_referee(
+            default_shapes_referee_path(), self.settings.n_itm, self.settings.disc_seed))
+
+    def _cached_disc(self, name: str, key: dict, compute) -> dict:
+        """compute()'s result, cached in disc/<name>.json under `key`."""
         cache = self.folder / "disc" / f"{name}.json"
         if cache.is_file():
             cached = json.loads(cache.read_text())
             if cached.get("settings") == key:
                 return cached["result"]
         print(f"report: discriminative evaluation {name}", flush=True)
-        result = json.loads(json.dumps(run_discriminative(settings), default=_jsonable))
+        result = json.loads(json.dumps(compute(), default=_jsonable))
         cache.write_text(json.dumps({"settings": key, "result": result}, indent=1))
         return result
 
@@ -181,6 +244,14 @@ class Work:
             shutil.copy2(final, tmp / CONFIG_FILE)
             tmp.rename(out)
         return out
+
+
+def make(run: FolderRun | RefereeRun) -> None:
+    """Generate a run's folder: sampled, or optimised against a referee."""
+    if isinstance(run, RefereeRun):
+        referee_folder(run)
+    else:
+        generate_folder(run)
 
 
 def _jsonable(value):
@@ -204,9 +275,9 @@ def curve_steps(run_dir: Path) -> list[int]:
 
 
 def methods(inputs: ReportInputs, settings: ReportSettings, model: Path
-            ) -> dict[str, MethodSpec | None]:
-    """Table 1's methods: name -> method (None: its input is missing)."""
-    return {
+            ) -> dict[str, MethodSpec | RefereeSpec | None]:
+    """Table 1's methods and referee rows: name -> method (None: its input is missing)."""
+    rows: dict[str, MethodSpec | RefereeSpec | None] = {
         "base": choose_method(model, base=True),
         "attend-excite": choose_method(model, attend_excite=True)
         if settings.attend_excite else None,
@@ -214,6 +285,11 @@ def methods(inputs: ReportInputs, settings: ReportSettings, model: Path
         "dpt": choose_method(model, dpt=inputs.dpt, self_correct=False),
         "dpt+sc": choose_method(model, dpt=inputs.dpt, eta=settings.eta),
     }
+    for row in settings.referees:
+        referee, _, init = row.partition(":")
+        spec = RefereeSpec(referee, init, Path(inputs.dpt))
+        rows[spec.name] = spec
+    return rows
 
 
 def build_report(work: Work, inputs: ReportInputs, out: Path, argv: list[str]) -> dict:
@@ -231,7 +307,7 @@ def build_report(work: Work, inputs: ReportInputs, out: Path, argv: list[str]) -
     plan = {name: spec for name, spec in methods(inputs, s, work.model).items()
             if spec is not None}
     table1 = {}
-    for name in sorted(plan, key=lambda n: n == "attend-excite"):  # the slowest one last
+    for name in sorted(plan, key=_slowness):  # the slow ones last
         table1[name] = {split: work.alignment(name.replace("+", "-"), split, plan[name])
                         for split in s.splits}
     data["generation"] = {name: table1[name] for name in plan}
@@ -248,7 +324,12 @@ def build_report(work: Work, inputs: ReportInputs, out: Path, argv: list[str]) -
     return data
 
 
-def _paired(work: Work, plan: dict[str, MethodSpec]) -> dict:
+def _slowness(name: str) -> int:
+    """The order Table 1's generations run in: sampling, Attend-and-Excite, the referees."""
+    return 2 if name.startswith("referee-") else int(name == "attend-excite")
+
+
+def _paired(work: Work, plan: dict[str, MethodSpec | RefereeSpec]) -> dict:
     """Each method's paired difference from the base model on the same prompts and seeds:
     {method: {split: {family or "overall": {"diff", "low", "high"}, "pairs", "prompts"}}}."""
     s = work.settings
@@ -300,6 +381,7 @@ def _discriminative(work: Work, inputs: ReportInputs) -> dict:
     if inputs.probe:
         rows["stage1"] = _dpt_disc(work, "stage1", inputs.probe)
     rows["stage2"] = _dpt_disc(work, "stage2", inputs.dpt)
+    rows["shapes-referee"] = work.referee_disc()
     return rows
 
 
@@ -319,7 +401,7 @@ def _curve(work: Work, inputs: ReportInputs) -> dict:
     return points
 
 
-def _cost(work: Work, plan: dict[str, MethodSpec]) -> dict:
+def _cost(work: Work, plan: dict[str, MethodSpec | RefereeSpec]) -> dict:
     """Seconds per image of each method on the first OOD prompts, one image each.
 
     Each method generates n and n/4 images, in two interleaved rounds in this process; the
@@ -328,7 +410,7 @@ def _cost(work: Work, plan: dict[str, MethodSpec]) -> dict:
     """
     s = work.settings
     cache = work.folder / "cost.json"
-    key = {"plan": {name: spec.index_fields() for name, spec in plan.items()},
+    key = {"plan": {name: _cost_key(work, spec) for name, spec in plan.items()},
            "cost_images": s.cost_images, "steps": s.steps, "threads": s.threads,
            "rounds": COST_ROUNDS}
     if cache.is_file():
@@ -344,17 +426,24 @@ def _cost(work: Work, plan: dict[str, MethodSpec]) -> dict:
     for _ in range(COST_ROUNDS):
         for name, spec in plan.items():
             for n in counts:
-                run = work.folder_run("ood", spec, work.folder / "cost" /
-                                      f"{name.replace('+', '-')}-{n}", num_images=1,
-                                      prompts=lines[:n])
+                run = work.run_of("ood", spec, work.folder / "cost" /
+                                  f"{name.replace('+', '-')}-{n}", num_images=1,
+                                  prompts=lines[:n])
                 t0 = time.perf_counter()
-                generate_folder(run)
+                make(run)
                 times[name][n].append(time.perf_counter() - t0)
     result = {name: (min(t[counts[1]]) - min(t[counts[0]])) / (counts[1] - counts[0])
               for name, t in times.items()}
     cache.write_text(json.dumps({"key": key, "s_per_image": result, "seconds": times},
                                 indent=1))
     return result
+
+
+def _cost_key(work: Work, spec: MethodSpec | RefereeSpec) -> dict:
+    """What says which method a cost was measured for."""
+    if isinstance(spec, MethodSpec):
+        return spec.index_fields()
+    return work.run_of("ood", spec, work.folder / "cost", num_images=1).method_fields()
 
 
 def _blocks(sweep: Path) -> dict:

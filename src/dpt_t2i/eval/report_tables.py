@@ -42,7 +42,14 @@ ROW_LABELS = {"hn-itm": "HN-DiffusionITM (LoRA)", "match-only": "matching only",
               "both+sc": "matching + grounding + SC"}
 
 
+REFEREE_LABELS = {"shapes-itm": "Shapes referee", "dpt": "DPT", "clip": "Shapes CLIP"}
+INIT_LABELS = {"sample": "from the model's sample", "noise": "from noise"}
+
+
 def _label(name: str) -> str:
+    if name.startswith("referee-"):  # referee-<referee>-<init>
+        referee, init = name[len("referee-"):].rsplit("-", 1)
+        return f"referee: {REFEREE_LABELS.get(referee, referee)}, {INIT_LABELS.get(init, init)}"
     return METHODS[name].label if name in METHODS else ROW_LABELS.get(name, name)
 
 
@@ -77,7 +84,10 @@ def _table1(data: dict) -> str:
     lines = ["## Table 1: text-image alignment per family (Shapes judge)", "",
              "The last column is each method's paired difference from the base model in overall "
              "alignment (the same prompts and seeds, so the same starting noise), with a 95% "
-             "cluster bootstrap interval over prompts (`eval/paired.py`)."]
+             "cluster bootstrap interval over prompts (`eval/paired.py`). Referee rows are "
+             "`dpt referee` (arXiv 2402.16305) with the Shapes model's preset for each start "
+             "(`referee.SHAPES_SETTINGS` from the model's sample, `SHAPES_NOISE_SETTINGS` "
+             "from noise)."]
     paired = data.get("paired") or {}
     for split in data["settings"]["splits"]:
         lines += ["", f"{split.upper()} prompts:", "",
@@ -117,7 +127,8 @@ def _table2(data: dict) -> str:
 DISC_LABELS = {"chance": "random chance", "clip": "Shapes CLIP (zero-shot)",
                "diffusion-itm": "DiffusionITM (zero-shot)",
                "hn-diffusion-itm": "HN-DiffusionITM", "stage1": "DPT stage 1 (probe)",
-               "stage2": "DPT stage 2 (tune)"}
+               "stage2": "DPT stage 2 (tune)",
+               "shapes-referee": "Shapes referee (the referee rows' referee)"}
 
 
 def _table3(data: dict) -> str:

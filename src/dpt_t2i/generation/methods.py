@@ -40,7 +40,7 @@ from ..model.score import MatchScore
 from .attend_excite import build_pipeline, sample_attend_excite, subject_words, token_indices
 from .guidance import (DEFAULT_ETA, DEFAULT_MODE, DEFAULT_T_RANGE, DEFAULT_UNIT, MAX_NOISE_ETA,
                        SelfCorrection, check_mode)
-from .referee import SHAPES_SETTINGS, RefereeSettings
+from .referee import SHAPES_NOISE_SETTINGS, SHAPES_SETTINGS, RefereeSettings
 from .sampling import (SCHEDULERS, check_seeds, check_steps, decode, encode_prompts,
                        image_generators, initial_latents, make_scheduler, sample, unet_model_fn)
 
@@ -157,12 +157,13 @@ def shipped_dpt(model: Path) -> Path | None:
     return None
 
 
-def referee_preset(model: Path) -> RefereeSettings:
+def referee_preset(model: Path, init: str | None = None) -> RefereeSettings:
     """The referee settings a model starts from with its own referees: measured ones on the
-    shipped Shapes model, the reference code's elsewhere (a BLIP-2 or CLIP folder referee
-    starts from the authors' instead: `referee_folder.run_preset`)."""
+    shipped Shapes model (from the model's sample, or from noise when `init` is "noise"),
+    the reference code's elsewhere (a BLIP-2 or CLIP folder referee starts from the authors'
+    instead: `referee_folder.run_preset`)."""
     if Path(model).resolve() == default_model_path().resolve():
-        return SHAPES_SETTINGS
+        return SHAPES_NOISE_SETTINGS if init == "noise" else SHAPES_SETTINGS
     return RefereeSettings()
 
 

@@ -52,7 +52,11 @@ Scorer = Callable[[Tensor, list[str]], Tensor]  # (B, 3, H, W) in [-1, 1], B pro
 
 
 INITS = ("noise", "sample")
-SDS_TIME_WEIGHTS = ("noise-variance", "constant")  # w(t) = 1 - alpha_bar(t), or 1
+# w(t) = 1 - alpha_bar(t); 1; sqrt((1 - alpha_bar(t)) / alpha_bar(t)), which makes the SDS
+# gradient the latent minus the model's denoised estimate of it
+SDS_TIME_WEIGHTS = ("noise-variance", "constant", "x0")
+T_SCHEDULES = ("random", "anneal")  # t drawn in [t_min, t_max], or stepped from t_max to t_min
+FILLS = ("grey", "border")  # what a view shows outside the image and in an erased rectangle
 
 
 @dataclass
@@ -78,6 +82,7 @@ class RefereeSettings:
     sds_weight: float = 800.0
     sds_weight_end: float = 400.0
     referee_weight: float = 1.0
+    referee_start: int = 0  # iterations before it take the SDS step alone
     guidance: float = 30.0
     t_min: int = 50
     t_max: int = 950
@@ -85,6 +90,8 @@ class RefereeSettings:
     sds: bool = True
     ema: bool = True
     sds_time_weight: str = "noise-variance"  # w(t) of the SDS gradient (SDS_TIME_WEIGHTS)
+    fill: str = "grey"  # the views' fill (FILLS): grey, or the image's border colour
+    t_schedule: str = "random"  # the SDS timesteps (T_SCHEDULES)
 
     def __post_init__(self):
         if self.init not in INITS:
@@ -92,11 +99,19 @@ class RefereeSettings:
         if self.sds_time_weight not in SDS_TIME_WEIGHTS:
             raise ValueError(f"sds_time_weight must be one of {', '.join(SDS_TIME_WEIGHTS)}, "
                              f"got {self.sds_time_weight!r}")
+        if self.t_schedule not in T_SCHEDULES:
+            raise ValueError(f"t_schedule must be one of {', '.join(T_SCHEDULES)}, got "
+                             f"{self.t_schedule!r}")
+        if self.fill not in FILLS:
+            raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {self.fill!r}")
         if self.init_steps < 1:
             raise ValueError(f"init_steps must be >= 1, got {self.init_steps}")
         if self.iterations < 1 or self.views < 1 or not 1 <= self.top_k <= self.views:
             raise ValueError(f"need iterations >= 1 and 1 <= top_k <= views, got "
                              f"{self.iterations}, {self.top_k}, {self.views}")
+        if not 0 <= self.referee_start < self.iterations:
+            raise ValueError(f"referee_start must be in [0, iterations), got "
+                             f"{self.referee_start} of {self.iterations}")
         if not 0 <= self.t_min < self.t_max <= 1000:
             raise ValueError(f"need 0 <= t_min < t_max <= 1000, got {self.t_min}, {self.t_max}")
         if not 0 <= self.ema_decay < 1:
@@ -107,7 +122,16 @@ class RefereeSettings:
 # model's own sample with small, low-noise SDS steps rather than distil from noise
 SHAPES_SETTINGS = RefereeSettings(init="sample", iterations=40, ema_start=10, ema_restart=15,
                                   sds_weight=12.5, sds_weight_end=6.25, guidance=7.5,
-                                  t_max=500)
+                                  t_max=500, fill="border")
+
+# from noise on the Shapes model (docs/dpt-shapes.md, "Referee from noise"): score
+# distillation annealed from t = 950 to 50 with the x0 weighting is a sampler of its own
+# (each step moves the latent 80 / 256 of the way, times the learning rate, toward the
+# model's denoised estimate), which the referee steers from the first iteration
+SHAPES_NOISE_SETTINGS = RefereeSettings(init="noise", iterations=160, t_schedule="anneal",
+                                        sds_time_weight="x0", sds_weight=80.0,
+                                        sds_weight_end=80.0, guidance=7.5, ema=False,
+                                        fill="border")
 
 # the authors' code (github.com/Pepper-lll/VLMinv, generate.py's defaults: a BLIP-2 referee
 # on SD 1.5 at 512 px), in this module's terms. Their SDS loss is sd_weight x sum(2 (eps_hat -
@@ -127,15 +151,37 @@ def cosine(step: int, steps: int, start: float, end: float) -> float:
     return end + (start - end) * 0.5 * (1 + math.cos(math.pi * step / (steps - 1)))
 
 
-def augment(images: Tensor, views: int, generator: torch.Generator) -> Tensor:
+def border_colour(images: Tensor) -> Tensor:
+    """(B, 3, 1, 1) the per-channel median of each image's outermost rows and columns: the
+    background of a scene on a flat background (the Shapes world's), no graph."""
+    x = images.detach()
+    border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, 1:-1, 0], x[:, :, 1:-1, -1]], -1)
+    return border.median(-1).values[..., None, None]
+
+
+def linear(step: int, steps: int, start: float, end: float) -> float:
+    """start at step 0, end at step steps - 1, linear between."""
+    if steps <= 1:
+        return start
+    return start + (end - start) * step / (steps - 1)
+
+
+def augment(images: Tensor, views: int, generator: torch.Generator,
+            fill: str = "grey") -> Tensor:
     """(views * B, 3, H, W) differentiable random views of images (B, 3, H, W) in [-1, 1]:
     view v of image b is row v * B + b. Each view gets a random affine map (rotation up to
     15 degrees, scale 0.8-1.2, shift up to 10%) composed with a random perspective (corners
     moved up to 10%), colour jitter (brightness, contrast, saturation) and, with probability
-    1/2, an erased rectangle (2-15% of the image) filled with grey."""
+    1/2, an erased rectangle (2-15% of the image). Outside the image and in the rectangle the
+    view shows grey (`fill` "grey") or the image's border colour ("border", `border_colour`:
+    on a flat background the view stays a scene of the world)."""
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
     b, _, h, w = images.shape
     n = views * b
     x = images.repeat(views, 1, 1, 1)
+    background = (border_colour(images) if fill == "border" else
+                  torch.zeros(b, 3, 1, 1, dtype=images.dtype)).to(x).repeat(views, 1, 1, 1)
 
     def uniform(low: float, high: float, *shape: int) -> Tensor:
         return low + (high - low) * torch.rand(shape, generator=generator)
@@ -155,8 +201,9 @@ def augment(images: Tensor, views: int, generator: torch.Generator) -> Tensor:
     points = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3).to(x)
     mapped = points @ matrix.transpose(1, 2)
     grid = (mapped[..., :2] / mapped[..., 2:].clamp(min=1e-3)).view(n, h, w, 2)
-    # grey (0 in [-1, 1]) outside the image: sample x - 0 with zero padding, then add it back
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    # the fill outside the image: sample x - fill with zero padding, then add the fill back
+    x = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros",
+                      align_corners=True) + background
     mean = x.mean((1, 2, 3), keepdim=True)
     contrast, brightness = uniform(0.8, 1.2, n, 1, 1, 1), uniform(-0.2, 0.2, n, 1, 1, 1)
     x = (x - mean) * contrast.to(x) + mean + brightness.to(x)
@@ -171,7 +218,8 @@ def augment(images: Tensor, views: int, generator: torch.Generator) -> Tensor:
         top = int(torch.randint(0, h - eh + 1, (1,), generator=generator))
         left = int(torch.randint(0, w - ew + 1, (1,), generator=generator))
         keep[i, :, top:top + eh, left:left + ew] = 0
-    return (x * keep.to(x)).clamp(-1, 1)
+    keep = keep.to(x)
+    return (x * keep + background * (1 - keep)).clamp(-1, 1)
 
 
 def referee_loss(scorer: Scorer, images: Tensor, prompts: list[str], settings: RefereeSettings,
@@ -180,7 +228,7 @@ def referee_loss(scorer: Scorer, images: Tensor, prompts: list[str], settings: R
     if not settings.augment:
         return -scorer(images, prompts)
     b = len(prompts)
-    views = augment(images, settings.views, generator)
+    views = augment(images, settings.views, generator, settings.fill)
     scores = scorer(views, prompts * settings.views).view(settings.views, b)
     hardest = scores.topk(settings.top_k, dim=0, largest=False).values
     return -hardest.mean(0)
@@ -191,7 +239,8 @@ def sds_gradient(unet, noiser: Noiser, latents: Tensor, cond: Tensor, uncond: Te
                  time_weight: str = "noise-variance") -> Tensor:
     """The score-distillation gradient w(t) (eps_hat(z_t) - eps) for latents (B, C, h, w),
     with classifier-free guidance and w(t) = 1 - alpha_bar(t) (`time_weight`
-    "noise-variance") or 1 ("constant"); no graph. A v-prediction U-Net's output is turned
+    "noise-variance"), 1 ("constant") or sqrt((1 - alpha_bar(t)) / alpha_bar(t)) ("x0": the
+    gradient is then z - x0_hat, the latent minus the model's denoised estimate); no graph. A v-prediction U-Net's output is turned
     into its noise estimate, sqrt(abar_t) v + sqrt(1 - abar_t) z_t."""
     kind = noiser.prediction_type
     if kind not in ("epsilon", "v_prediction"):
@@ -210,7 +259,20 @@ def sds_gradient(unet, noiser: Noiser, latents: Tensor, cond: Tensor, uncond: Te
     eps_hat = out_u + guidance * (out_c - out_u)
     if time_weight == "constant":
         return eps_hat - noise
+    if time_weight == "x0":
+        return ((1 - abar) / abar).sqrt() * (eps_hat - noise)
     return (1 - abar) * (eps_hat - noise)
+
+
+def sds_timesteps(settings: RefereeSettings, i: int, n: int, generator: torch.Generator
+                  ) -> Tensor:
+    """(n,) SDS timesteps of iteration i: drawn in [t_min, t_max) (`t_schedule` "random"), or
+    one t stepped linearly from t_max at the first iteration to t_min at the last ("anneal":
+    coarse layout first, detail last, as a sampler goes)."""
+    if settings.t_schedule == "random":
+        return torch.randint(settings.t_min, settings.t_max, (n,), generator=generator)
+    t = round(linear(i, settings.iterations, settings.t_max, settings.t_min))
+    return torch.full((n,), min(t, 999), dtype=torch.long)
 
 
 def optimise(decode: Callable[[Tensor], Tensor], scorer: Scorer, prompts: list[str],
@@ -234,9 +296,12 @@ def optimise(decode: Callable[[Tensor], Tensor], scorer: Scorer, prompts: list[s
     for i in range(settings.iterations):
         for group in optimizer.param_groups:
             group["lr"] = cosine(i, settings.iterations, settings.lr, settings.lr_end)
-        loss = referee_loss(scorer, decode(z), prompts, settings, generator)
-        (grad,) = torch.autograd.grad(loss.sum(), z)
-        record = {"iteration": i, "score": -float(loss.mean().detach())}
+        record: dict = {"iteration": i}
+        grad = torch.zeros_like(z)
+        if i >= settings.referee_start:
+            loss = referee_loss(scorer, decode(z), prompts, settings, generator)
+            (grad,) = torch.autograd.grad(loss.sum(), z)
+            record["score"] = -float(loss.mean().detach())
         if settings.sds and sds is not None:
             weight = cosine(i, settings.iterations, settings.sds_weight, settings.sds_weight_end)
             g_sds = weight * sds(z.detach(), i) / z[0].numel()
@@ -330,7 +395,7 @@ def generate(bundle, scorer: Scorer, prompts: list[str], seeds: list[int],
                           for g in image_generators(seeds)])
 
     def sds(z: Tensor, i: int) -> Tensor:
-        t = torch.randint(settings.t_min, settings.t_max, (len(z),), generator=gen)
+        t = sds_timesteps(settings, i, len(z), gen)
         return sds_gradient(bundle.unet, noiser, z, cond, uncond, t, settings.guidance, gen,
                             settings.sds_time_weight)
 

@@ -30,8 +30,8 @@ from ..io.shapes_referee import (default_shapes_referee_path, load_shapes_refere
                                  read_shapes_referee_config)
 from ..io.vlm_referees import VLMReferee, check_vlm_folder, load_vlm_referee
 from .methods import FolderRun, SamplerSettings, check_vocabulary, referee_preset, shipped_dpt
-from .referee import (PAPER_SETTINGS, SHAPES_SETTINGS, RefereeSettings, Scorer, clip_scorer,
-                      dpt_scorer, generate)
+from .referee import (PAPER_SETTINGS, SHAPES_NOISE_SETTINGS, SHAPES_SETTINGS, RefereeSettings,
+                      Scorer, clip_scorer, dpt_scorer, generate)
 from .sampling import check_seeds, check_steps, decode
 from .shapes_referee import shapes_referee_scorer
 from .vlm_scorers import vlm_scorer
@@ -80,20 +80,28 @@ class RefereeRun:
                              f"blip2-itm-vit-g)")
         check_seeds(self.seed, len(self.prompts) * self.num_images)
 
+    def method_fields(self) -> dict:
+        """The index fields that say how an image was made (all but prompt, seed, file)."""
+        folder = {} if self.referee_model is None else {"referee_model": str(self.referee_model)}
+        if self.dpt is not None:
+            folder["dpt"] = str(self.dpt)
+        return {"model": str(self.model), "method": "referee", "referee": self.referee,
+                **folder, **{f.name: getattr(self.settings, f.name)
+                             for f in fields(self.settings)}}
+
     def plan(self) -> list[dict]:
         """One index record per image, in run order."""
-        folder = {} if self.referee_model is None else {"referee_model": str(self.referee_model)}
-        return numbered_records(self.prompts, self.num_images, self.seed, {
-            "model": str(self.model), "method": "referee", "referee": self.referee, **folder,
-            **{f.name: getattr(self.settings, f.name) for f in fields(self.settings)}})
+        return numbered_records(self.prompts, self.num_images, self.seed, self.method_fields())
 
 
-def run_preset(model: Path, referee_model: Path | None) -> RefereeSettings:
+def run_preset(model: Path, referee_model: Path | None, init: str | None = None
+               ) -> RefereeSettings:
     """The settings a run starts from: the Shapes ones on the shipped Shapes model
-    (`methods.referee_preset`), the authors' (`PAPER_SETTINGS`) with a BLIP-2 or CLIP folder
-    as the referee on any other model, the reference code's otherwise."""
-    preset = referee_preset(model)
-    if referee_model is not None and preset != SHAPES_SETTINGS:
+    (`methods.referee_preset`, for the start `init` asks), the authors' (`PAPER_SETTINGS`)
+    with a BLIP-2 or CLIP folder as the referee on any other model, the reference code's
+    otherwise."""
+    preset = referee_preset(model, init)
+    if referee_model is not None and preset not in (SHAPES_SETTINGS, SHAPES_NOISE_SETTINGS):
         return PAPER_SETTINGS
     return preset
 
