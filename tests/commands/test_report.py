@@ -149,8 +149,9 @@ def test_report_referee_rows_are_dpt_referee_runs(report):
     assert "| Shapes referee (the referee rows' referee) |" in text
 
 
-def test_a_second_report_reads_the_cache(report, capsys):
+def test_a_second_report_reads_the_cache(report, capsys, monkeypatch):
     root, argv = report
+    _short_referee_presets(monkeypatch)  # the presets the cached referee rows were made with
     stamp = (root / "work" / "gen" / "base-ood" / "index.jsonl").stat().st_mtime_ns
     capsys.readouterr()
     assert dpt(*argv) == 0
