@@ -40,7 +40,8 @@ from .prompt_input import add_prompt_arguments, read_prompts
 FLAGS = {"init_steps": int, "init_guidance": float, "iterations": int, "lr": float,
          "lr_end": float, "views": int, "top_k": int, "ema_decay": float, "ema_start": int,
          "ema_restart": int, "sds_weight": float, "sds_weight_end": float,
-         "referee_weight": float, "referee_start": int, "guidance": float, "t_min": int, "t_max": int}
+         "referee_weight": float, "referee_start": int, "guidance": float, "t_min": int,
+         "t_max": int}
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -3,14 +3,17 @@ judges it a match ("Referee Can Play", arXiv 2402.16305), with score distillatio
 diffusion model keeping it an image.
 
 One iteration reads top to bottom:
-1. referee: decode the latent, draw `views` differentiable augmentations of the image (affine,
-   perspective, colour jitter, erasing), score each against the prompt, keep the `top_k`
+1. referee (from iteration `referee_start`): decode the latent, draw `views` differentiable
+   augmentations of the image (affine, perspective, colour jitter, erasing; filled with grey
+   or the image's border colour, `fill`), score each against the prompt, keep the `top_k`
    lowest (the hardest views) and ascend their mean; without augmentation the latent is
    free to become an adversarial example of the referee;
-2. SDS: noise the latent to a random t in [t_min, t_max], ask the U-Net (classifier-free
+2. SDS: noise the latent to a t drawn in [t_min, t_max] (`t_schedule` "random") or stepped
+   from t_max down to t_min over the iterations ("anneal"), ask the U-Net (classifier-free
    guidance `guidance`) for the noise, and take w(t) (eps_hat - eps) as the gradient that
    pulls the latent toward the model's images, w(t) = 1 - alpha_bar(t) (`sds_time_weight`
-   "noise-variance") or 1 ("constant", as the authors' code has it);
+   "noise-variance"), 1 ("constant", as the authors' code has it) or
+   sqrt((1 - alpha_bar(t)) / alpha_bar(t)) ("x0": a step toward the denoised estimate);
 3. the SDS term is weighted as a mean-reduced loss would weight it: `sds_weight` (cosine to
    `sds_weight_end`) over the latent's size; the referee's gradient is rescaled to that
    term's norm (per image) times `referee_weight`, and the two are summed; plain SGD with a
@@ -25,8 +28,9 @@ local folders in `vlm_scorers.py`).
 The latent starts from seeded noise (`init="noise"`, the reference code) or from the model's
 own sample for that noise (`init="sample"`: `dpt generate`'s DDIM image, which the referee
 then corrects). `RefereeSettings()` holds the reference code's defaults; `SHAPES_SETTINGS`
-the ones measured best on the Shapes model (see docs/dpt-shapes.md, "Referee generation"):
-from noise, the small Shapes U-Net's score distillation does not make clean shapes;
+and `SHAPES_NOISE_SETTINGS` the ones measured best on the Shapes model from its sample and
+from noise (docs/dpt-shapes.md, "Referee generation": from noise the reference code's
+random-t score distillation gives no clean shapes there, the annealed x0-weighted one does);
 `PAPER_SETTINGS` those of the authors' code for a BLIP-2 referee on SD 1.5 (docs/referees.md
 lists what of that code is not reproduced).
 
@@ -240,8 +244,9 @@ def sds_gradient(unet, noiser: Noiser, latents: Tensor, cond: Tensor, uncond: Te
     """The score-distillation gradient w(t) (eps_hat(z_t) - eps) for latents (B, C, h, w),
     with classifier-free guidance and w(t) = 1 - alpha_bar(t) (`time_weight`
     "noise-variance"), 1 ("constant") or sqrt((1 - alpha_bar(t)) / alpha_bar(t)) ("x0": the
-    gradient is then z - x0_hat, the latent minus the model's denoised estimate); no graph. A v-prediction U-Net's output is turned
-    into its noise estimate, sqrt(abar_t) v + sqrt(1 - abar_t) z_t."""
+    gradient is then z - x0_hat, the latent minus the model's denoised estimate); no graph.
+    A v-prediction U-Net's output is turned into its noise estimate,
+    sqrt(abar_t) v + sqrt(1 - abar_t) z_t."""
     kind = noiser.prediction_type
     if kind not in ("epsilon", "v_prediction"):
         raise ValueError(f"score distillation needs a model that predicts the noise or the "
