@@ -30,8 +30,7 @@ from ..io.shapes_referee import (default_shapes_referee_path, load_shapes_refere
                                  read_shapes_referee_config)
 from ..io.vlm_referees import VLMReferee, check_vlm_folder, load_vlm_referee
 from .methods import FolderRun, SamplerSettings, check_vocabulary, referee_preset, shipped_dpt
-from .referee import (PAPER_SETTINGS, SHAPES_NOISE_SETTINGS, SHAPES_SETTINGS, RefereeSettings,
-                      Scorer, clip_scorer, dpt_scorer, generate)
+from .referee import PAPER_SETTINGS, RefereeSettings, Scorer, clip_scorer, dpt_scorer, generate
 from .sampling import check_seeds, check_steps, decode
 from .shapes_referee import shapes_referee_scorer
 from .vlm_scorers import vlm_scorer
@@ -101,7 +100,7 @@ def run_preset(model: Path, referee_model: Path | None, init: str | None = None
     with a BLIP-2 or CLIP folder as the referee on any other model, the reference code's
     otherwise."""
     preset = referee_preset(model, init)
-    if referee_model is not None and preset not in (SHAPES_SETTINGS, SHAPES_NOISE_SETTINGS):
+    if referee_model is not None and preset == RefereeSettings():  # not the Shapes model
         return PAPER_SETTINGS
     return preset
 
