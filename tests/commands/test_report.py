@@ -114,7 +114,8 @@ def test_report_numbers_are_the_folders_numbers(report):
     assert set(disc) == {"clip", "diffusion-itm", "stage1", "stage2", "shapes-referee"}
     assert disc["shapes-referee"]["itm"]["ood"]["n"] == 4
     assert disc["stage1"]["itm"] == disc["stage2"]["itm"]  # the same folder was given twice
-    assert [disc[k]["settings"]["unet_evals_per_pair"] for k in ("clip", "diffusion-itm")] == [0, 10]
+    evals = [disc[k]["settings"]["unet_evals_per_pair"] for k in ("clip", "diffusion-itm")]
+    assert evals == [0, 10]
     assert set(data["curve"]) == {"0", "10"}
     assert data["curve"]["10"]["disc"]["itm"] == disc["stage2"]["itm"]
     assert data["curve"]["0"]["generation"] == data["generation"]["base"]["ood"]
@@ -191,3 +192,21 @@ def test_a_cached_folder_made_otherwise_is_not_reused(report):
 def test_report_input_errors(tmp_path, capsys, extra, message):
     assert dpt("report", "--out", tmp_path / "o", "--work", tmp_path / "w", *extra) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_stage1_folder_other_than_dpt_gets_its_own_sc_row(tmp_path):
+    from dpt_t2i.eval.report import ReportInputs, ReportSettings, methods
+    from dpt_t2i.io.bundle import default_model_path
+
+    shipped, tuned = default_dpt_path(), tmp_path / "tuned"
+    _tune_like(shipped, tuned)
+    model, settings = default_model_path(), ReportSettings(referees=())
+    rows = methods(ReportInputs(dpt=tuned, probe=shipped), settings, model)
+    probe_sc, dpt_sc = rows["probe+sc"], rows["dpt+sc"]
+    assert (probe_sc.name, probe_sc.dpt, probe_sc.eta) == ("dpt+sc", shipped.resolve(),
+                                                           settings.eta)
+    assert (dpt_sc.dpt, dpt_sc.eta) == (tuned.resolve(), settings.eta)
+    assert rows["dpt"].name == "dpt"  # the LoRA alone, without correction
+    # the same folder as --dpt would repeat DPT + SC: no row
+    assert methods(ReportInputs(dpt=shipped, probe=shipped), settings, model)["probe+sc"] is None
+    assert methods(ReportInputs(dpt=shipped), settings, model)["probe+sc"] is None

@@ -1,8 +1,9 @@
 """`dpt report`: the paper's Tables 1-4 and Figs. 3-5 on the Shapes model, in one folder.
 
 Generates the Shapes benchmark prompts of both splits with every method (base model,
-Attend-and-Excite, HN-DiffusionITM LoRA, DPT, DPT + self-correction, referee generation
-from the model's sample and from noise, and the stage-2 ablations) from the same seeds,
+Attend-and-Excite, HN-DiffusionITM LoRA, DPT, DPT + self-correction, stage 1 + self-
+correction when --probe is another folder, referee generation from the model's sample and
+from noise, and the stage-2 ablations) from the same seeds,
 judges them, measures image quality and cost, evaluates every discriminative method on the
 same image-text matching and REC items, and writes README.md (all tables), report.json,
 fig3-blocks.png, fig4a-steps.png, fig4b-eta.png and fig5-grid.png into --out. Every run is
@@ -33,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     trained.add_argument("--dpt", type=Path, default=None, metavar="DIR",
                          help="stage-2 DPT folder (default: the shipped Shapes DPT weights)")
     trained.add_argument("--probe", type=Path, default=None, metavar="DIR",
-                         help="the stage-1 DPT folder it was tuned from")
+                         help="the stage-1 DPT folder it was tuned from (Table 1's stage 1 + SC "
+                         "row, Table 3, Fig. 4a's step 0)")
     trained.add_argument("--hn-itm", type=Path, default=None, metavar="DIR",
                          help="`dpt tune-hn-itm`'s final/ (the HN-DiffusionITM baseline)")
     trained.add_argument("--match-only", type=Path, default=None, metavar="DIR",

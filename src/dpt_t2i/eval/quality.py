@@ -51,7 +51,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def reference_renders(prompts: list[str], seed: int = 0) -> list[np.ndarray]:
-    """One clean render per prompt: image k shows `scene_for(prompt k)` drawn with seed (seed, k)."""
+    """One clean render per prompt: image k shows `scene_for(prompt k)` drawn with seed
+    (seed, k)."""
     return [render(scene_for(parse_prompt(p), np.random.default_rng([seed, k])))
             for k, p in enumerate(prompts)]
 

@@ -100,7 +100,7 @@ class ReportSettings:
     eta: float = DEFAULT_ETA           # "DPT + SC": a fraction of the noise level (guidance.py)
     etas: tuple[float, ...] = (0, 0.05, 0.1, 0.2, 0.4)  # Fig. 4b
     n_itm: int = 200                   # ITM items per split (DPT and CLIP)
-    n_itm_diffusion: int = 100         # ITM items per split for DiffusionITM (10 U-Net passes each)
+    n_itm_diffusion: int = 100         # ITM items per split, DiffusionITM (10 U-Net passes)
     n_rec: int = 400
     disc_seed: int = 1
     cost_images: int = 16              # images per method in the cost measurement
@@ -284,6 +284,10 @@ def methods(inputs: ReportInputs, settings: ReportSettings, model: Path
         "hn-itm": choose_method(model, dpt=inputs.hn_itm) if inputs.hn_itm else None,
         "dpt": choose_method(model, dpt=inputs.dpt, self_correct=False),
         "dpt+sc": choose_method(model, dpt=inputs.dpt, eta=settings.eta),
+        # stage 1 steering alone (no LoRA), what `dpt generate` runs with the shipped weights;
+        # the same folder as --dpt would repeat the DPT + SC row
+        "probe+sc": choose_method(model, dpt=inputs.probe, eta=settings.eta)
+        if inputs.probe and Path(inputs.probe).resolve() != Path(inputs.dpt).resolve() else None,
     }
     for row in settings.referees:
         referee, _, init = row.partition(":")

@@ -37,7 +37,8 @@ def write_report(out: Path, data: dict, work, inputs, argv: list[str]) -> None:
 
 
 # the report's rows that are not generation methods of their own
-ROW_LABELS = {"hn-itm": "HN-DiffusionITM (LoRA)", "match-only": "matching only",
+ROW_LABELS = {"hn-itm": "HN-DiffusionITM (LoRA)", "probe+sc": "DPT stage 1 + SC (no LoRA)",
+              "match-only": "matching only",
               "ground-only": "grounding only", "both": "matching + grounding",
               "both+sc": "matching + grounding + SC"}
 
@@ -137,8 +138,9 @@ def _table3(data: dict) -> str:
              "Image-text matching: 1 positive against 3 hard negatives (image-to-text: the "
              "image picks its caption; text-to-image: the caption picks its image); REC: "
              "accuracy at IoU >= 0.5. DPT reads latents noised to t = 100. The last column is "
-             "the U-Net evaluations one image-text pair costs (DPT's empty-prompt features are "
-             "computed once per image and stop after its block).", "",
+             "the U-Net evaluations one image-text pair costs, each stopping after DPT's block "
+             "(a DPT folder trained with `--condition each` makes one such pass per pair, one "
+             "with `--condition empty` one per image).", "",
              "| method | ITM ID i2t | t2i | overall | ITM OOD i2t | t2i | overall | REC ID | "
              "REC OOD | items | U-Net evals / pair |", "|---|" + "---|" * 10,
              f"| {DISC_LABELS['chance']} | 0.250 | 0.250 | 0.250 | 0.250 | 0.250 | 0.250 | - | - "
