@@ -188,6 +188,7 @@ def test_a_cached_folder_made_otherwise_is_not_reused(report):
     (["--per-family", "0"], "--per-family"),
     (["--referees", "shapes-itm:canvas"], "--referees takes comma-separated REFEREE:INIT"),
     (["--referees", "blip2-itm:noise"], "got 'blip2-itm:noise'"),
+    (["--referee-images", "0"], "--referee-images must be >= 1, got 0"),
 ])
 def test_report_input_errors(tmp_path, capsys, extra, message):
     assert dpt("report", "--out", tmp_path / "o", "--work", tmp_path / "w", *extra) == 2
@@ -210,3 +211,25 @@ def test_a_stage1_folder_other_than_dpt_gets_its_own_sc_row(tmp_path):
     # the same folder as --dpt would repeat DPT + SC: no row
     assert methods(ReportInputs(dpt=shipped, probe=shipped), settings, model)["probe+sc"] is None
     assert methods(ReportInputs(dpt=shipped), settings, model)["probe+sc"] is None
+
+
+def test_referee_rows_draw_referee_images_of_the_same_seeds(tmp_path):
+    from dpt_t2i.eval.report import RefereeSpec, ReportSettings, Work
+    from dpt_t2i.eval.report_tables import _table1
+    from dpt_t2i.generation.methods import choose_method
+
+    settings = ReportSettings(per_family=1, num_images=4, referee_images=2)
+    work = Work(tmp_path / "work", settings)
+    referee = work.run_of("ood", RefereeSpec("shapes-itm", "noise"), tmp_path / "r")
+    base = work.run_of("ood", choose_method(work.model, base=True), tmp_path / "b")
+    assert (referee.num_images, referee.seed) == (2, base.seed) and base.num_images == 4
+    assert referee.prompts == base.prompts
+    default = Work(tmp_path / "work", ReportSettings(per_family=1, num_images=3))
+    spec = RefereeSpec("shapes-itm", "noise")
+    assert default.run_of("ood", spec, tmp_path / "r").num_images == 3
+    row = {"n": 1, "fd": 1.0, "overall": 0.5}
+    data = {"settings": {"splits": ["ood"], "num_images": 4, "referee_images": 2, "seed": 7},
+            "generation": {"base": {"ood": row}}}
+    assert "draw 2 images a prompt, seeds 7 + 0 .. 1, against 4" in _table1(data)
+    data["settings"]["referee_images"] = None
+    assert "images a prompt" not in _table1(data)

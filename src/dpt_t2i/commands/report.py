@@ -71,6 +71,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Table 1's referee rows, `dpt referee --referee REFEREE --init INIT` "
                         f"with REFEREE one of {', '.join(SHAPES_REFEREES)} and INIT sample or "
                         f"noise; empty for none (default {','.join(D.referees)})")
+    p.add_argument("--referee-images", type=int, default=None, metavar="N",
+                   help="images per prompt of the referee rows (default: --num-images); "
+                        "they are image 0 .. N-1 of every other row's seeds, so the paired "
+                        "differences read the images both have")
     add_threads_argument(p)
     p.set_defaults(run=run)
 
@@ -106,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                               n_itm=args.n_itm, n_itm_diffusion=args.n_itm_diffusion,
                               n_rec=args.n_rec, attend_excite=not args.no_attend_excite,
                               per_family=args.per_family, threads=args.threads,
-                              referees=referee_rows(args.referees))
+                              referees=referee_rows(args.referees),
+                              referee_images=args.referee_images)
     if args.out.resolve() == args.work.resolve():
         raise ValueError("--out and --work must be different folders")
     inputs = ReportInputs(dpt=args.dpt or default_dpt_path(), probe=args.probe,

@@ -109,6 +109,7 @@ class ReportSettings:
     per_family: int = 20               # benchmark prompts per family (fewer: a quick report)
     threads: int | None = None         # torch threads of the whole report (one process)
     referees: tuple[str, ...] = REFEREE_ROWS  # Table 1's referee rows, REFEREE:INIT
+    referee_images: int | None = None  # per prompt in the referee rows (None: num_images)
     splits: tuple[str, ...] = field(default=SPLITS)
 
     def __post_init__(self):
@@ -117,8 +118,9 @@ class ReportSettings:
             raise ValueError(f"--etas must be comma-separated numbers from 0 to "
                              f"{MAX_NOISE_ETA:g} (fractions of the noise level), got "
                              f"{','.join(f'{e:g}' for e in self.etas)!r}")
-        for name in ("num_images", "n_itm", "n_itm_diffusion", "n_rec", "per_family"):
-            if getattr(self, name) < 1:
+        for name in ("num_images", "n_itm", "n_itm_diffusion", "n_rec", "per_family",
+                     "referee_images"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, "
                                  f"got {getattr(self, name)}")
         referee_rows(",".join(self.referees))
@@ -166,7 +168,8 @@ class Work:
         s = self.settings
         if prompts is None:
             prompts = self.prompts(split).read_text().splitlines()
-        return spec.run(self.model, prompts, out, num_images or s.num_images, s.seed)
+        return spec.run(self.model, prompts, out,
+                        num_images or s.referee_images or s.num_images, s.seed)
 
     def generated(self, name: str, split: str, spec: MethodSpec | RefereeSpec) -> Path:
         """The image folder of a method on a split, generated unless a matching one exists."""

@@ -89,6 +89,13 @@ def _table1(data: dict) -> str:
              "`dpt referee` (arXiv 2402.16305) with the Shapes model's preset for each start "
              "(`referee.SHAPES_SETTINGS` from the model's sample, `SHAPES_NOISE_SETTINGS` "
              "from noise)."]
+    st = data["settings"]
+    n_ref, n = st.get("referee_images"), st["num_images"]
+    if n_ref and n_ref != n:
+        lines[-1] += (f" The referee rows draw {n_ref} images a prompt, seeds {st['seed']} + "
+                      f"0 .. {n_ref - 1}, against {n} for the others: their paired "
+                      "differences read the images both have, and their FD is over fewer "
+                      "images.")
     paired = data.get("paired") or {}
     for split in data["settings"]["splits"]:
         lines += ["", f"{split.upper()} prompts:", "",
