@@ -117,6 +117,8 @@ def test_a_broken_referee_folder_exits_2_before_the_model_loads(tmp_path, capsys
      "--referee blip2-itc reads no DPT folder; drop --dpt"),
     (["--referee", "clip", "--referee-model", "BLIP"], "holds a 'blip-2' model"),
     (["--referee", "blip2-itm", "--referee-model", "MISSING"], "is not a folder"),
+    (["--referee", "clip", "--device", "banana"], "--device 'banana' is not a torch device"),
+    (["--referee", "clip", "--device", "cuda:99"], "--device cuda:99: this machine has"),
 ])
 def test_referee_flags_are_checked(tmp_path, capsys, monkeypatch, tiny_model_plain,
                                    folders, extra, message):
@@ -142,3 +144,27 @@ def test_referee_parser_refuses(tmp_path, capsys, tiny_model_plain, folders, ext
              "--referee-model", folders["blip-2"], *extra, "--out", tmp_path / "out")
     assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_model_and_the_referee_load_on_the_device_asked_for(tmp_path, monkeypatch,
+                                                               tiny_model_plain, folders):
+    """--device reaches the model's loader, and the referee's weights follow the model."""
+    from dpt_t2i.generation import referee_folder as rf
+
+    seen = {}
+
+    def load_bundle(path, device="cpu", *args, **kwargs):
+        seen["device"] = device
+        return real(path, device, *args, **kwargs)
+
+    def vlm_scorer(vlm):
+        seen["referee"] = {p.device.type for p in vlm.model.parameters()}
+        return real_scorer(vlm)
+
+    real, real_scorer = rf.load_bundle, rf.vlm_scorer
+    monkeypatch.setattr(rf, "load_bundle", load_bundle)
+    monkeypatch.setattr(rf, "vlm_scorer", vlm_scorer)
+    assert _dpt("referee", "--model", tiny_model_plain, *QUICK, "--referee", "clip",
+                "--referee-model", folders["clip"], "--device", "cpu",
+                "--out", tmp_path / "out") == 0
+    assert seen == {"device": "cpu", "referee": {"cpu"}}

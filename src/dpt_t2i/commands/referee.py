@@ -52,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-images", type=int, default=RefereeRun.num_images, metavar="N")
     p.add_argument("--seed", type=int, default=RefereeRun.seed, metavar="S")
     p.add_argument("--batch-size", type=int, default=RefereeRun.batch_size, metavar="B")
+    p.add_argument("--device", default=RefereeRun.device,
+                   help="where the model and the referee run: cpu (default), cuda, cuda:N or "
+                        "mps; the starting, SDS and augmentation noise is drawn on the CPU, so "
+                        "a seed starts from the same noise on every device")
     p.add_argument("--model", type=Path, default=None, metavar="PATH")
     p.add_argument("--referee", choices=REFEREES, default=RefereeRun.referee)
     p.add_argument("--dpt", type=Path, default=None, metavar="PATH",
@@ -114,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args, model)
     job = RefereeRun(model, prompts, args.out, settings, args.referee, args.dpt,
                      args.num_images, args.seed, args.batch_size, args.overwrite, args.resume,
-                     args.referee_model)
+                     args.referee_model, args.device)
     records = referee_folder(job, before_load=lambda out: quiet_loading())
     print(f"wrote {len(records)} images and {INDEX} to {Path(args.out).expanduser().resolve()}")
     return 0

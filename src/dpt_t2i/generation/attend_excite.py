@@ -108,6 +108,6 @@ def sample_attend_excite(pipe, bundle: ModelBundle, prompts: list[str], indices:
     sigma = float(pipe.scheduler.init_noise_sigma)
     out = pipe(prompt=prompts, token_indices=indices, num_inference_steps=steps,
                guidance_scale=guidance, latents=latents / sigma, output_type="latent",
-               max_iter_to_alter=max_iter_to_alter if max_iter_to_alter is not None else steps // 2,
+               max_iter_to_alter=steps // 2 if max_iter_to_alter is None else max_iter_to_alter,
                scale_factor=scale_factor, attn_res=attention_resolution(bundle))
     return decode(bundle, out.images)

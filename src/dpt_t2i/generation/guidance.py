@@ -16,8 +16,8 @@ matching score `model.score.MatchScore`, or any callable of the same shape). Fou
   t = 700 on z_t itself), and the correction moves that x0 estimate. No second noise
   prediction: the sampler's one pass at z_t serves the read and the step (the latent moves
   by sqrt(abar_t) * eta * grad, so the step's x0 moves by eta * grad with eps unchanged).
-- "shared" (the default of `dpt generate`): the score is read on the guidance's own pass: the copy whose text condition the
-  score's features are made under (the prompt for a "caption"/"each" DPT model, the empty
+- "shared" (the default of `dpt generate`): the score is read on the guidance's own pass:
+  the copy whose text condition the score's features are made under (the prompt for a "caption"/"each" DPT model, the empty
   prompt for an "empty" one) runs once, whole, with gradients, and gives both its noise
   prediction and s(z_t, y); the gradient flows back only through the U-Net's part below the
   adapter's block. The latent moves by eta * grad with the noise prediction of the unmoved

@@ -375,7 +375,8 @@ def generate(bundle, scorer: Scorer, prompts: list[str], seeds: list[int],
     """The referee's latents (B, C, h, w) for B prompts: image k starts from the latent noise of
     seeds[k] (as `dpt generate` draws it; with `init="sample"`, from the DDIM sample of that
     noise, `init_steps` steps at `init_guidance`) and optimises with its SDS and augmentation
-    noise seeded by seeds[0]. `progress` gets the number of iterations done (the sampling of
+    noise seeded by seeds[0], all drawn on the CPU (the same images on any device up to
+    rounding). `progress` gets the number of iterations done (the sampling of
     the start counts as none)."""
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds")
@@ -397,10 +398,10 @@ def generate(bundle, scorer: Scorer, prompts: list[str], seeds: list[int],
                     settings.init_steps, settings.init_guidance, ddim)
     else:
         z0 = torch.stack([torch.randn(bundle.latent_shape(), generator=g)
-                          for g in image_generators(seeds)])
+                          for g in image_generators(seeds)]).to(cond.device)
 
     def sds(z: Tensor, i: int) -> Tensor:
-        t = sds_timesteps(settings, i, len(z), gen)
+        t = sds_timesteps(settings, i, len(z), gen).to(z.device)
         return sds_gradient(bundle.unet, noiser, z, cond, uncond, t, settings.guidance, gen,
                             settings.sds_time_weight)
 

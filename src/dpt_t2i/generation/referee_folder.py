@@ -21,7 +21,8 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from ..io.bundle import ModelBundle, load_bundle, read_scheduler_config, read_vocabulary
+from ..io.bundle import (ModelBundle, check_device, load_bundle, read_scheduler_config,
+                         read_vocabulary)
 from ..io.clip import load_clip_and_tokenizer
 from ..io.dpt_folder import load_for_sampling
 from ..io.folder_writer import RESUME_OR_OVERWRITE, open_folder
@@ -57,6 +58,7 @@ class RefereeRun:
     overwrite: bool = False
     resume: bool = False              # keep an unfinished run's images, make the rest
     referee_model: Path | None = None  # a BLIP-2, CLIP or Shapes referee folder
+    device: str = SamplerSettings.device  # where the model and the referee run
 
     def __post_init__(self):
         if self.overwrite and self.resume:
@@ -109,7 +111,8 @@ def load_referee(bundle: ModelBundle, referee: str, dpt: Path | None,
                  vlm: VLMReferee | None = None, referee_model: Path | None = None
                  ) -> Callable[[int], Scorer]:
     """The referee on `bundle` (a DPT folder's LoRA is fused into its U-Net), or `vlm`'s when
-    given, as a function of a batch's first seed giving the batch's scorer.
+    given, as a function of a batch's first seed giving the batch's scorer; the referee's
+    weights are moved to the bundle's device.
 
     The DPT scorer's noise is drawn from a generator it seeds; one scorer per batch, seeded
     by the batch, makes each batch's images independent of the batches before it, so a
@@ -117,10 +120,15 @@ def load_referee(bundle: ModelBundle, referee: str, dpt: Path | None,
     """
     if referee == "shapes-itm":  # draws no noise
         scorer = shapes_referee_scorer(load_shapes_referee(
-            referee_model or default_shapes_referee_path()))
+            referee_model or default_shapes_referee_path()).to(bundle.device))
         return lambda seed: scorer
-    if vlm is not None or referee == "clip":  # neither draws noise
-        scorer = vlm_scorer(vlm) if vlm is not None else clip_scorer(*load_clip_and_tokenizer())
+    if vlm is not None:  # draws no noise
+        vlm.model.to(bundle.device)
+        scorer = vlm_scorer(vlm)
+        return lambda seed: scorer
+    if referee == "clip":  # draws no noise
+        clip, tokenizer = load_clip_and_tokenizer()
+        scorer = clip_scorer(clip.to(bundle.device), tokenizer)
         return lambda seed: scorer
     if referee != "dpt":
         raise ValueError(f"--referee {referee} needs --referee-model PATH")
@@ -130,6 +138,7 @@ def load_referee(bundle: ModelBundle, referee: str, dpt: Path | None,
     heads, config = load_for_sampling(folder, bundle.unet)
     if heads is None:
         raise ValueError(f"--dpt {folder} holds LoRA only: there is no adapter to referee with")
+    heads.to(bundle.device)
     return lambda seed: dpt_scorer(bundle, heads, config, seed=seed)
 
 
@@ -141,6 +150,7 @@ def referee_folder(run: RefereeRun, before_load: Callable[[Path], None] | None =
         before_load: called with the resolved output folder once every input is checked,
             before the model loads.
     """
+    check_device(run.device)
     if run.settings.init == "sample":  # the start's sampler, checked before the model loads
         check_steps(run.settings.init_steps, read_scheduler_config(run.model), "--init-steps")
     vocabulary = read_vocabulary(run.model)
@@ -156,7 +166,7 @@ def referee_folder(run: RefereeRun, before_load: Callable[[Path], None] | None =
         if before_load is not None:
             before_load(folder.out)
         vlm = None if checked is None else load_vlm_referee(checked)  # before the big model
-        bundle = load_bundle(run.model)
+        bundle = load_bundle(run.model, run.device)
         scorers = load_referee(bundle, run.referee, run.dpt, vlm, run.referee_model)
         todo = folder.start(records)
         _render(bundle, scorers, todo, folder.stage, run.settings, run.batch_size, folder.add)

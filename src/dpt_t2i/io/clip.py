@@ -33,5 +33,6 @@ def clip_image_embeds(model, pixels: Tensor) -> Tensor:
 
 def clip_text_embeds(model, tokenizer, texts: list[str]) -> Tensor:
     """(N, D) unit text embeddings."""
-    feats = model.get_text_features(input_ids=tokenize(tokenizer, texts).input_ids)
+    ids = tokenize(tokenizer, texts).input_ids.to(next(model.parameters()).device)
+    feats = model.get_text_features(input_ids=ids)
     return torch.nn.functional.normalize(getattr(feats, "pooler_output", feats).float(), dim=-1)

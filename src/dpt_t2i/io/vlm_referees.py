@@ -68,7 +68,7 @@ class CheckedFolder:
 
 @dataclass
 class VLMReferee(CheckedFolder):
-    """A loaded referee: the model frozen in eval mode, on the CPU, in float32."""
+    """A loaded referee: the model frozen in eval mode, in float32 (loaded on the CPU)."""
 
     model: Any = None  # Blip2ForImageTextRetrieval or CLIPModel
 
