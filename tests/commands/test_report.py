@@ -213,23 +213,38 @@ def test_a_stage1_folder_other_than_dpt_gets_its_own_sc_row(tmp_path):
     assert methods(ReportInputs(dpt=shipped), settings, model)["probe+sc"] is None
 
 
-def test_referee_rows_draw_referee_images_of_the_same_seeds(tmp_path):
-    from dpt_t2i.eval.report import RefereeSpec, ReportSettings, Work
+def test_referee_rows_at_their_own_count_pair_with_base_at_that_count(tmp_path):
+    from dpt_t2i.eval.report import RefereeSpec, ReportSettings, Work, _paired
     from dpt_t2i.eval.report_tables import _table1
     from dpt_t2i.generation.methods import choose_method
 
-    settings = ReportSettings(per_family=1, num_images=4, referee_images=2)
+    settings = ReportSettings(per_family=2, num_images=4, referee_images=2, splits=("ood",))
     work = Work(tmp_path / "work", settings)
-    referee = work.run_of("ood", RefereeSpec("shapes-itm", "noise"), tmp_path / "r")
-    base = work.run_of("ood", choose_method(work.model, base=True), tmp_path / "b")
-    assert (referee.num_images, referee.seed) == (2, base.seed) and base.num_images == 4
-    assert referee.prompts == base.prompts
+    spec, base = RefereeSpec("shapes-itm", "noise"), choose_method(work.model, base=True)
+    referee = work.run_of("ood", spec, tmp_path / "r")
+    assert referee.num_images == 2 and work.run_of("ood", base, tmp_path / "b").num_images == 4
     default = Work(tmp_path / "work", ReportSettings(per_family=1, num_images=3))
-    spec = RefereeSpec("shapes-itm", "noise")
     assert default.run_of("ood", spec, tmp_path / "r").num_images == 3
+
+    class Judged:  # verdicts of the planned images, all satisfied by the referee only
+        asked = []
+
+        def verdicts(self, name, split, spec, num_images=None):
+            self.asked.append((name, num_images))
+            run = work.run_of(split, spec, tmp_path / name, num_images)
+            return [{"prompt": r["prompt"], "seed": r["seed"], "split": split,
+                     "family": "object", "satisfied": name.startswith("referee")}
+                    for r in run.plan()]
+
+    judged = Judged()
+    judged.settings = settings
+    paired = _paired(judged, {"base": base, spec.name: spec})[spec.name]["ood"]
+    assert judged.asked == [("base-n2", 2), (spec.name, None)]
+    # every referee image pairs with a base image of the same prompt and seed
+    assert paired["pairs"] == len(referee.plan()) and paired["object"]["diff"] == 1.0
     row = {"n": 1, "fd": 1.0, "overall": 0.5}
     data = {"settings": {"splits": ["ood"], "num_images": 4, "referee_images": 2, "seed": 7},
             "generation": {"base": {"ood": row}}}
-    assert "draw 2 images a prompt, seeds 7 + 0 .. 1, against 4" in _table1(data)
+    assert "draw 2 images a prompt against 4" in _table1(data)
     data["settings"]["referee_images"] = None
-    assert "images a prompt" not in _table1(data)
+    assert "images a prompt against" not in _table1(data)

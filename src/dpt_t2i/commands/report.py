@@ -73,8 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"noise; empty for none (default {','.join(D.referees)})")
     p.add_argument("--referee-images", type=int, default=None, metavar="N",
                    help="images per prompt of the referee rows (default: --num-images); "
-                        "they are image 0 .. N-1 of every other row's seeds, so the paired "
-                        "differences read the images both have")
+                        "their paired differences are then against the base model drawn at N "
+                        "a prompt from the same seeds")
     add_threads_argument(p)
     p.set_defaults(run=run)
 

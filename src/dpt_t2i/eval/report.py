@@ -171,9 +171,10 @@ class Work:
         return spec.run(self.model, prompts, out,
                         num_images or s.referee_images or s.num_images, s.seed)
 
-    def generated(self, name: str, split: str, spec: MethodSpec | RefereeSpec) -> Path:
+    def generated(self, name: str, split: str, spec: MethodSpec | RefereeSpec,
+                  num_images: int | None = None) -> Path:
         """The image folder of a method on a split, generated unless a matching one exists."""
-        run = self.run_of(split, spec, self.folder / "gen" / f"{name}-{split}")
+        run = self.run_of(split, spec, self.folder / "gen" / f"{name}-{split}", num_images)
         if not holds_run(run.out, run.plan()):
             print(f"report: generating {name} on {split}", flush=True)
             make(run)
@@ -183,14 +184,16 @@ class Work:
         """The judge's accuracy per family, overall, and the Fréchet distance to renders."""
         return self._judged(name, split, spec)["row"]
 
-    def verdicts(self, name: str, split: str, spec: MethodSpec | RefereeSpec) -> list[dict]:
+    def verdicts(self, name: str, split: str, spec: MethodSpec | RefereeSpec,
+                 num_images: int | None = None) -> list[dict]:
         """The judge's verdict on each image (prompt, seed, split, family, satisfied), for
         paired comparisons."""
-        return self._judged(name, split, spec)["verdicts"]
+        return self._judged(name, split, spec, num_images)["verdicts"]
 
-    def _judged(self, name: str, split: str, spec: MethodSpec | RefereeSpec) -> dict:
+    def _judged(self, name: str, split: str, spec: MethodSpec | RefereeSpec,
+                num_images: int | None = None) -> dict:
         """{"row": alignment's row, "verdicts": ...} of a generation, cached beside it."""
-        folder = self.generated(name, split, spec)
+        folder = self.generated(name, split, spec, num_images)
         cache = folder.parent / f"{folder.name}.eval.json"
         index = (folder / INDEX).read_text()
         if cache.is_file():
@@ -338,12 +341,22 @@ def _slowness(name: str) -> int:
 
 def _paired(work: Work, plan: dict[str, MethodSpec | RefereeSpec]) -> dict:
     """Each method's paired difference from the base model on the same prompts and seeds:
-    {method: {split: {family or "overall": {"diff", "low", "high"}, "pairs", "prompts"}}}."""
+    {method: {split: {family or "overall": {"diff", "low", "high"}, "pairs", "prompts"}}}.
+
+    Image k of a run has seed + k over all prompts, so referee rows drawn at another count a
+    prompt (--referee-images) start from other noise than the base row's images of their
+    prompt: they are paired with a base generation at their own count (`base-n<N>`)."""
     s = work.settings
-    base = {split: work.verdicts("base", split, plan["base"]) for split in s.splits}
-    return {name: {split: paired_difference(base[split], work.verdicts(
-                name.replace("+", "-"), split, spec))[split] for split in s.splits}
-            for name, spec in plan.items() if name != "base"}
+    out = {}
+    for name, spec in plan.items():
+        if name == "base":
+            continue
+        n = s.referee_images if isinstance(spec, RefereeSpec) and s.referee_images else None
+        base_name = "base" if n in (None, s.num_images) else f"base-n{n}"
+        out[name] = {split: paired_difference(
+            work.verdicts(base_name, split, plan["base"], n),
+            work.verdicts(name.replace("+", "-"), split, spec))[split] for split in s.splits}
+    return out
 
 
 def _eta_name(eta: float, s: ReportSettings) -> str:

@@ -92,10 +92,11 @@ def _table1(data: dict) -> str:
     st = data["settings"]
     n_ref, n = st.get("referee_images"), st["num_images"]
     if n_ref and n_ref != n:
-        lines[-1] += (f" The referee rows draw {n_ref} images a prompt, seeds {st['seed']} + "
-                      f"0 .. {n_ref - 1}, against {n} for the others: their paired "
-                      "differences read the images both have, and their FD is over fewer "
-                      "images.")
+        lines[-1] += (f" The referee rows draw {n_ref} images a prompt against {n} for the "
+                      f"others; image k of a run has seed {st['seed']} + k over all prompts, "
+                      f"so their paired differences are against the base model's images "
+                      f"drawn at {n_ref} a prompt from the same seeds, and their FD is over "
+                      "fewer images.")
     paired = data.get("paired") or {}
     for split in data["settings"]["splits"]:
         lines += ["", f"{split.upper()} prompts:", "",
@@ -250,9 +251,12 @@ def _fig5(out: Path, data: dict, work) -> str:
             image = image.resize((64 * scale, 64 * scale), Image.NEAREST)
             grid.paste(image, (label_w + j * cell, head_h + i * cell))
     grid.save(out / "fig5-grid.png")
+    st = data["settings"]
+    other = " (the referee columns, drawn at another count a prompt, start from other seeds)" \
+        if st.get("referee_images") not in (None, st["num_images"]) else ""
     return "\n".join(["## Fig. 5: the same prompts and seeds across methods", "",
-                      "Image 0 (seed " + str(data["settings"]["seed"]) + " + its index) of the "
-                      "first OOD prompt of each family.", "", "![grid](fig5-grid.png)"])
+                      "Image 0 (seed " + str(st["seed"]) + " + its index) of the first OOD "
+                      f"prompt of each family{other}.", "", "![grid](fig5-grid.png)"])
 
 
 def _wrapped(draw: ImageDraw.ImageDraw, text: str, xy: tuple[int, int], width: int) -> None:
