@@ -29,6 +29,16 @@ def test_other_models_still_need_dpt(tiny_model, capsys):
                   "run's final/)\n"
 
 
+@pytest.mark.parametrize("device,message", [
+    ("banana", "--device 'banana' is not a torch device name"),
+    ("cuda:99", "--device cuda:99: this machine has"),
+])
+def test_a_device_that_is_not_here_is_one_line(device, message, capsys):
+    assert dpt("evaluate-disc", "--n-itm", 2, "--device", device) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
 def test_zero_shot_methods_take_no_default_dpt(monkeypatch, capsys):
     seen = []
 
@@ -41,3 +51,24 @@ def test_zero_shot_methods_take_no_default_dpt(monkeypatch, capsys):
     assert dpt("evaluate-disc", "--method", "clip", "--n-itm", 2) == 2
     assert [(s.method, s.dpt) for s in seen] == [("diffusion-itm", None), ("clip", None)]
     assert capsys.readouterr().err.count("stopped before loading") == 2
+
+
+def test_device_reaches_the_model_and_the_adapter(monkeypatch, capsys):
+    from dpt_t2i.eval import disc_run
+
+    seen = {}
+    real_bundle, real_scorer = disc_run.load_bundle, disc_run.DiscriminativeScorer
+
+    def load_bundle(path, device="cpu", *args, **kwargs):
+        seen["model"] = device
+        return real_bundle(path, device, *args, **kwargs)
+
+    def scorer(bundle, heads, *args, **kwargs):
+        seen["heads"] = {p.device.type for p in heads.parameters()}
+        return real_scorer(bundle, heads, *args, **kwargs)
+
+    monkeypatch.setattr(disc_run, "load_bundle", load_bundle)
+    monkeypatch.setattr(disc_run, "DiscriminativeScorer", scorer)
+    assert dpt("evaluate-disc", "--n-itm", 2, "--n-rec", 2, "--device", "cpu", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["itm"]["ood"]["n"] == 2
+    assert seen == {"model": "cpu", "heads": {"cpu"}}

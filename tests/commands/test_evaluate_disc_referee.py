@@ -49,6 +49,7 @@ def test_the_shipped_referee_matches_well(capsys):
     (["--dpt", "x"], "--method shapes-referee scores the Shapes world's renders alone; drop "
                      "--dpt"),
     (["--n-itm", "0"], "--n-itm must be > 0"),
+    (["--device", "cuda"], "runs on the CPU; drop --device"),
 ])
 def test_referee_flag_errors(argv, message, capsys):
     assert dpt("evaluate-disc", "--method", "shapes-referee", *argv) == 2

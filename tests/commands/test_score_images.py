@@ -75,6 +75,8 @@ def test_scores_are_evaluate_discs_reading_and_the_seed_decides_the_noise(render
     (["{img}", "--prompt", "a pink dog"], "not in the vocabulary"),
     (["{img}", "--prompt", "a red circle", "--dpt", "{tmp}"], "is not a DPT folder"),
     (["{img}", "--prompt", "a red circle", "--model", "{tiny}"], "needs --dpt PATH"),
+    (["{img}", "--prompt", "a red circle", "--device", "cuda:99"], "--device cuda:99: this "
+                                                                   "machine has"),
 ])
 def test_bad_input_is_one_line(renders, tiny_model, tmp_path, capsys, args, message):
     (tmp_path / "junk.png").write_bytes(b"not an image")

@@ -66,6 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=DEFAULT.seed,
                    help=f"evaluation stream and noise seed (default {DEFAULT.seed}; training "
                         "uses 0)")
+    p.add_argument("--device", default=DEFAULT.device,
+                   help="where the model runs (not --method shapes-referee, which runs on the "
+                        "CPU): cpu (default), cuda, cuda:N or mps; the noise is drawn on the "
+                        "CPU, so a seed gives the same noise on every device")
     p.add_argument("--json", action="store_true", help="print one JSON object (keys itm, rec)")
     _data_arguments(p)
     add_threads_argument(p)
@@ -109,6 +113,8 @@ def _referee(args: argparse.Namespace) -> Path:
     if ignored:
         raise ValueError(f"--method {REFEREE} scores the Shapes world's renders alone; drop "
                          f"{', '.join(ignored)}")
+    if args.device != "cpu":
+        raise ValueError(f"--method {REFEREE} (a small model) runs on the CPU; drop --device")
     if args.n_itm <= 0:
         raise ValueError(f"--method {REFEREE} scores image-text matching only; --n-itm must "
                          "be > 0")
@@ -129,7 +135,7 @@ def _settings(args: argparse.Namespace) -> DiscSettings:
         refcoco_refs=args.refcoco_refs, refcoco_instances=args.refcoco_instances,
         refcoco_images=args.refcoco_images,
         refcoco_splits=tuple(s for s in args.refcoco_splits.split(",") if s),
-        resolution=args.resolution)
+        resolution=args.resolution, device=args.device)
     return replace(flags, model=model_folder(args.model))
 
 

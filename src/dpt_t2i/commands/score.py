@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "evaluate-disc)")
     p.add_argument("--seed", type=int, default=ScoreSettings.seed, metavar="S",
                    help=f"seed of the noise added to every image (default {ScoreSettings.seed})")
+    p.add_argument("--device", default=ScoreSettings.device,
+                   help="where the model runs: cpu (default), cuda, cuda:N or mps; the noise is "
+                        "drawn on the CPU, so a seed gives the same noise on every device")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_threads_argument(p)
     p.set_defaults(run=run)
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     texts = read_prompts(args)
     settings = ScoreSettings(model=model_folder(args.model), dpt=args.dpt,
-                             timestep=args.timestep, seed=args.seed)
+                             timestep=args.timestep, seed=args.seed, device=args.device)
     settings.dpt_folder()  # a one-line error before the model loads
     quiet_loading()
     result = score_images(settings, args.images, texts)

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..data.coco import MissingImages, read_coco_captions
 from ..data.real import RecEvalSet
 from ..data.refcoco import read_refcoco
-from ..io.bundle import load_bundle
+from ..io.bundle import check_device, load_bundle
 from ..io.clip import CLIP_FOLDER, load_clip_and_tokenizer
 from ..io.dpt_folder import load_dpt
 from .discriminative import (DiscriminativeScorer, RECItem, coco_itm_items, evaluate_itm,
@@ -47,6 +47,7 @@ class DiscSettings:
     refcoco_images: Path | None = None  # the refs' image folder (None: coco_images)
     refcoco_splits: tuple[str, ...] = ("val", "testA", "testB")
     resolution: int | None = None       # image side (None: the U-Net's sample size x 8)
+    device: str = "cpu"                 # where the model and the scorer run
 
     def __post_init__(self):
         self._check_method()
@@ -61,6 +62,7 @@ class DiscSettings:
             raise ValueError(f"--method {self.method} scores image-text matching only; "
                              "--n-itm must be > 0")
         self._check_real_data()
+        check_device(self.device)
 
     def _check_method(self) -> None:
         if self.method not in METHODS:
@@ -108,7 +110,7 @@ def run_discriminative(settings: DiscSettings, bundle=None, progress: bool = Tru
         ValueError: a folder or file that cannot be read, naming the flag that gave it.
     """
     if bundle is None:
-        bundle = load_bundle(settings.model)
+        bundle = load_bundle(settings.model, settings.device)
     record = {"method": settings.method, "dpt": str(settings.dpt) if settings.dpt else None,
               "model": str(settings.model), "seed": settings.seed}
     scorer = _scorer(settings, bundle, record)
@@ -131,13 +133,15 @@ def _scorer(settings: DiscSettings, bundle, record: dict):
             raise ValueError(f"--clip-model {folder}: not a transformers CLIP folder with its "
                              f"tokenizer ({str(err).splitlines()[0]})") from None
         record["clip_model"] = str(folder)
-        return CLIPScorer(clip, tokenizer)
+        return CLIPScorer(clip.to(bundle.device), tokenizer)
     try:
         heads, config = (load_dpt(settings.dpt, bundle.unet,
                                   lora_only_ok=settings.method != "dpt")
                          if settings.dpt is not None else (None, None))
     except ValueError as err:  # the folder's problem, named by the flag that gave it
         raise ValueError(f"--dpt: {err}") from None
+    if heads is not None:
+        heads.to(bundle.device)
     if settings.method == "diffusion-itm":
         record["itm_timesteps"] = list(settings.itm_timesteps)
         return DiffusionITMScorer(bundle, settings.itm_timesteps, settings.seed)

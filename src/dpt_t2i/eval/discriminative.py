@@ -127,7 +127,8 @@ class DiscriminativeScorer:
                       else empty.expand(len(lat), -1, -1))
             out = self.ground_outputs(lat, states, words)
             choice = rec_choice(out, words.pooled)
-            boxes.append(out["ground_boxes"][torch.arange(len(lat)), choice])
+            boxes.append(out["ground_boxes"][torch.arange(len(lat), device=choice.device),
+                                             choice])
         return torch.cat(boxes)
 
 

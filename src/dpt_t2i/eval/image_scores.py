@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..data.real import load_rgb
 from ..generation.methods import check_lengths, check_vocabulary, shipped_dpt
-from ..io.bundle import ModelBundle, load_bundle
+from ..io.bundle import ModelBundle, check_device, load_bundle
 from ..io.dpt_folder import load_for_sampling, read_dpt_config
 from .discriminative import DiscriminativeScorer
 
@@ -29,12 +29,14 @@ class ScoreSettings:
     dpt: Path | None = None     # a DPT folder with an adapter (None: the shipped one, if any)
     timestep: int = 100         # noise level the U-Net sees: evaluate-disc's default
     seed: int = 0               # the noise added to every image
+    device: str = "cpu"         # where the model runs
 
     def __post_init__(self):
         if not 0 <= self.timestep < 1000:
             raise ValueError(f"--timestep must be in [0, 1000), got {self.timestep}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"--seed must be from 0 to {MAX_SEED}, got {self.seed}")
+        check_device(self.device)
 
     def dpt_folder(self) -> Path:
         """The DPT folder to score with (checked); ValueError when there is none."""
@@ -75,7 +77,7 @@ def score_images(settings: ScoreSettings, paths: list[Path], texts: list[str],
     if not paths or not texts:
         raise ValueError("dpt score needs at least one image and one text")
     folder = settings.dpt_folder()
-    bundle = bundle or load_bundle(settings.model)
+    bundle = bundle or load_bundle(settings.model, settings.device)
     if bundle.vocabulary is not None:
         check_vocabulary(texts, bundle.vocabulary, settings.model)
     check_lengths(bundle.tokenizer, texts)
@@ -83,6 +85,7 @@ def score_images(settings: ScoreSettings, paths: list[Path], texts: list[str],
     heads, config = load_for_sampling(folder, bundle.unet)
     if heads is None:
         raise ValueError(f"--dpt {folder} holds LoRA only: there is no adapter to score with")
+    heads.to(bundle.device)
     scorer = DiscriminativeScorer(bundle, heads, config, settings.timestep, settings.seed)
     scores = scorer.score.matrix(scorer.encode(images), settings.timestep, list(texts))
     return {"images": [str(p) for p in paths], "texts": list(texts), "scores": scores.tolist(),

@@ -27,7 +27,7 @@ def load_clip_and_tokenizer(clip_folder: Path = CLIP_FOLDER):
 
 def clip_image_embeds(model, pixels: Tensor) -> Tensor:
     """(N, D) unit image embeddings of pixels (N, 3, H, W) in [-1, 1]; keeps the graph."""
-    feats = model.get_image_features(pixel_values=pixels)
+    feats = model.get_image_features(pixel_values=pixels.to(next(model.parameters()).device))
     return torch.nn.functional.normalize(getattr(feats, "pooler_output", feats).float(), dim=-1)
 
 
