@@ -248,3 +248,33 @@ def test_referee_rows_at_their_own_count_pair_with_base_at_that_count(tmp_path):
     assert "draw 2 images a prompt against 4" in _table1(data)
     data["settings"]["referee_images"] = None
     assert "images a prompt against" not in _table1(data)
+
+
+def test_a_stopped_generation_continues_from_its_finished_images(tmp_path, monkeypatch):
+    from dpt_t2i.eval.report import ReportSettings, Work
+    from dpt_t2i.generation.methods import choose_method
+    from dpt_t2i.io import folder_writer
+    from dpt_t2i.io.folder_writer import holds_run
+
+    work = Work(tmp_path / "work", ReportSettings(per_family=2, num_images=1, steps=2))
+    base = choose_method(work.model, base=True)
+    real_add, calls = folder_writer.FolderWriter.add, []
+
+    def add_then_stop(self, batch):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the report stopped during the second batch
+        real_add(self, batch)
+
+    monkeypatch.setattr(folder_writer.FolderWriter, "add", add_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        work.generated("base", "ood", base)
+    stage = tmp_path / "work" / "gen" / ".base-ood.partial"
+    first = {p.name: p.stat().st_mtime_ns for p in stage.glob("*.png")}
+    assert calls == [8, 2] and len(first) >= 8
+    monkeypatch.setattr(folder_writer.FolderWriter, "add", real_add)
+    out = work.generated("base", "ood", base)  # the next report
+    run = work.run_of("ood", base, out)
+    assert holds_run(out, run.plan()) and not stage.exists()
+    kept = {name: (out / name).stat().st_mtime_ns for name in sorted(first)[:8]}
+    assert kept == {name: first[name] for name in kept}  # the first batch was not made again

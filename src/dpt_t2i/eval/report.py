@@ -253,11 +253,17 @@ class Work:
 
 
 def make(run: FolderRun | RefereeRun) -> None:
-    """Generate a run's folder: sampled, or optimised against a referee."""
-    if isinstance(run, RefereeRun):
-        referee_folder(run)
-    else:
-        generate_folder(run)
+    """Generate a run's folder: sampled, or optimised against a referee. A report stopped
+    while it made this run left its finished images staged (`io/folder_writer.py`): they
+    are kept when that run was planned the same, and the rest are made."""
+    generate = referee_folder if isinstance(run, RefereeRun) else generate_folder
+    if (run.out.parent / f".{run.out.name}.partial").is_dir():
+        try:
+            generate(replace(run, overwrite=False, resume=True))
+            return
+        except ValueError:  # planned otherwise: start over it, as below
+            pass
+    generate(run)
 
 
 def _jsonable(value):
