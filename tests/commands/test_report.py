@@ -25,14 +25,14 @@ def _short_referee_presets(monkeypatch):
     """The report's referee rows with their presets cut to 2 iterations (the suite's time)."""
     from dataclasses import replace
 
-    from dpt_t2i.eval import report
+    from dpt_t2i.eval import report_rows
     from dpt_t2i.generation.methods import referee_preset
 
     def short(model, init=None):
         preset = referee_preset(model, init)
         return replace(preset, iterations=2, referee_start=min(preset.referee_start, 1))
 
-    monkeypatch.setattr(report, "referee_preset", short)
+    monkeypatch.setattr(report_rows, "referee_preset", short)
 
 
 def _tune_like(shipped, out):
@@ -189,6 +189,7 @@ def test_a_cached_folder_made_otherwise_is_not_reused(report):
     (["--referees", "shapes-itm:canvas"], "--referees takes comma-separated REFEREE:INIT"),
     (["--referees", "blip2-itm:noise"], "got 'blip2-itm:noise'"),
     (["--referee-images", "0"], "--referee-images must be >= 1, got 0"),
+    (["--attend-excite-images", "0"], "--attend-excite-images must be >= 1, got 0"),
 ])
 def test_report_input_errors(tmp_path, capsys, extra, message):
     assert dpt("report", "--out", tmp_path / "o", "--work", tmp_path / "w", *extra) == 2
@@ -214,15 +215,19 @@ def test_a_stage1_folder_other_than_dpt_gets_its_own_sc_row(tmp_path):
 
 
 def test_referee_rows_at_their_own_count_pair_with_base_at_that_count(tmp_path):
-    from dpt_t2i.eval.report import RefereeSpec, ReportSettings, Work, _paired
+    from dpt_t2i.eval.report import ReportSettings, Work, _paired
+    from dpt_t2i.eval.report_rows import RefereeSpec
     from dpt_t2i.eval.report_tables import _table1
     from dpt_t2i.generation.methods import choose_method
 
-    settings = ReportSettings(per_family=2, num_images=4, referee_images=2, splits=("ood",))
+    settings = ReportSettings(per_family=2, num_images=4, referee_images=2,
+                              attend_excite_images=3, splits=("ood",))
     work = Work(tmp_path / "work", settings)
     spec, base = RefereeSpec("shapes-itm", "noise"), choose_method(work.model, base=True)
+    excite = choose_method(work.model, attend_excite=True)
     referee = work.run_of("ood", spec, tmp_path / "r")
     assert referee.num_images == 2 and work.run_of("ood", base, tmp_path / "b").num_images == 4
+    assert work.run_of("ood", excite, tmp_path / "a").num_images == 3
     default = Work(tmp_path / "work", ReportSettings(per_family=1, num_images=3))
     assert default.run_of("ood", spec, tmp_path / "r").num_images == 3
 
@@ -238,16 +243,23 @@ def test_referee_rows_at_their_own_count_pair_with_base_at_that_count(tmp_path):
 
     judged = Judged()
     judged.settings = settings
-    paired = _paired(judged, {"base": base, spec.name: spec})[spec.name]["ood"]
-    assert judged.asked == [("base-n2", 2), (spec.name, None)]
+    judged.images_of = work.images_of
+    both = _paired(judged, {"base": base, "attend-excite": excite, spec.name: spec})
+    assert judged.asked == [("base-n3", 3), ("attend-excite", None), ("base-n2", 2),
+                            (spec.name, None)]
+    paired = both[spec.name]["ood"]
+    assert both["attend-excite"]["ood"]["pairs"] == 3 * len(referee.prompts)
     # every referee image pairs with a base image of the same prompt and seed
     assert paired["pairs"] == len(referee.plan()) and paired["object"]["diff"] == 1.0
     row = {"n": 1, "fd": 1.0, "overall": 0.5}
     data = {"settings": {"splits": ["ood"], "num_images": 4, "referee_images": 2, "seed": 7},
             "generation": {"base": {"ood": row}}}
-    assert "draw 2 images a prompt against 4" in _table1(data)
-    data["settings"]["referee_images"] = None
-    assert "images a prompt against" not in _table1(data)
+    assert "Images a prompt: 4, but the referee rows 2; image k of a run has seed 7 + k" in \
+        _table1(data)
+    data["settings"]["attend_excite_images"] = 3
+    assert "but Attend-and-Excite 3 and the referee rows 2;" in _table1(data)
+    data["settings"].update(referee_images=None, attend_excite_images=4)
+    assert "Images a prompt" not in _table1(data)
 
 
 def test_a_stopped_generation_continues_from_its_finished_images(tmp_path, monkeypatch):

@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..eval.report import (SHAPES_REFEREES, ReportInputs, ReportSettings, Work, build_report,
-                           check_inputs, referee_rows)
+from ..eval.report import ReportInputs, ReportSettings, Work, build_report, check_inputs
+from ..eval.report_rows import SHAPES_REFEREES, referee_rows
 from ..io.dpt_folder import default_dpt_path
 from .model_args import add_threads_argument, quiet_loading, set_threads
 
@@ -75,6 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="images per prompt of the referee rows (default: --num-images); "
                         "their paired differences are then against the base model drawn at N "
                         "a prompt from the same seeds")
+    p.add_argument("--attend-excite-images", type=int, default=None, metavar="N",
+                   help="images per prompt of Attend-and-Excite's row (default: --num-images), "
+                        "paired likewise")
     add_threads_argument(p)
     p.set_defaults(run=run)
 
@@ -111,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
                               n_rec=args.n_rec, attend_excite=not args.no_attend_excite,
                               per_family=args.per_family, threads=args.threads,
                               referees=referee_rows(args.referees),
-                              referee_images=args.referee_images)
+                              referee_images=args.referee_images,
+                              attend_excite_images=args.attend_excite_images)
     if args.out.resolve() == args.work.resolve():
         raise ValueError("--out and --work must be different folders")
     inputs = ReportInputs(dpt=args.dpt or default_dpt_path(), probe=args.probe,

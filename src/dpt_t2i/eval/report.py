@@ -26,8 +26,7 @@ from pathlib import Path
 from ..data.shapes.splits import benchmark_prompts
 from ..generation.guidance import DEFAULT_ETA, MAX_NOISE_ETA
 from ..generation.methods import (FolderRun, MethodSpec, SamplerSettings, choose_method,
-                                  generate_folder, referee_preset)
-from ..generation.referee import INITS
+                                  generate_folder)
 from ..generation.referee_folder import RefereeRun, referee_folder
 from ..io.bundle import check_model_folder, default_model_path
 from ..io.dpt_folder import CONFIG_FILE, HEADS_FILE, LORA_FILE, read_dpt_config
@@ -38,47 +37,12 @@ from .alignment import judge_folders, summarize
 from .disc_run import DiscSettings, run_discriminative
 from .paired import paired_difference
 from .quality import quality_by_split
+from .report_rows import REFEREE_ROWS, RefereeSpec, referee_rows
 from .report_tables import write_report
 from .zero_shot import run_shapes_referee
 
 SPLITS = ("ood", "id")
 COST_ROUNDS = 2
-SHAPES_REFEREES = ("shapes-itm", "dpt", "clip")  # the referees of the Shapes model
-REFEREE_ROWS = ("shapes-itm:sample", "shapes-itm:noise")  # the default rows: REFEREE:INIT
-
-
-@dataclass(frozen=True)
-class RefereeSpec:
-    """A referee row of Table 1: `dpt referee --referee <referee> --init <init>` with the
-    Shapes model's preset for that start (the DPT referee reads the report's DPT folder)."""
-
-    referee: str
-    init: str
-    dpt: Path | None = None
-
-    @property
-    def name(self) -> str:
-        return f"referee-{self.referee}-{self.init}"
-
-    def run(self, model: Path, prompts: list[str], out: Path, num_images: int, seed: int
-            ) -> RefereeRun:
-        return RefereeRun(model, prompts, out, referee_preset(model, self.init), self.referee,
-                          self.dpt if self.referee == "dpt" else None, num_images, seed,
-                          overwrite=True)
-
-
-def referee_rows(text: str) -> tuple[str, ...]:
-    """The REFEREE:INIT names of a comma-separated --referees value (checked)."""
-    rows = tuple(r.strip() for r in text.split(",") if r.strip())
-    for row in rows:
-        referee, _, init = row.partition(":")
-        if referee not in SHAPES_REFEREES or init not in INITS:
-            raise ValueError(f"--referees takes comma-separated REFEREE:INIT with REFEREE one "
-                             f"of {', '.join(SHAPES_REFEREES)} and INIT one of "
-                             f"{', '.join(INITS)} (e.g. shapes-itm:noise), got {row!r}")
-    return rows
-
-
 @dataclass
 class ReportInputs:
     """Trained folders the report compares; None leaves their rows out (named as missing)."""
@@ -110,6 +74,7 @@ class ReportSettings:
     threads: int | None = None         # torch threads of the whole report (one process)
     referees: tuple[str, ...] = REFEREE_ROWS  # Table 1's referee rows, REFEREE:INIT
     referee_images: int | None = None  # per prompt in the referee rows (None: num_images)
+    attend_excite_images: int | None = None  # per prompt in Attend-and-Excite's (likewise)
     splits: tuple[str, ...] = field(default=SPLITS)
 
     def __post_init__(self):
@@ -119,7 +84,7 @@ class ReportSettings:
                              f"{MAX_NOISE_ETA:g} (fractions of the noise level), got "
                              f"{','.join(f'{e:g}' for e in self.etas)!r}")
         for name in ("num_images", "n_itm", "n_itm_diffusion", "n_rec", "per_family",
-                     "referee_images"):
+                     "referee_images", "attend_excite_images"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, "
                                  f"got {getattr(self, name)}")
@@ -162,14 +127,23 @@ class Work:
     def run_of(self, split: str, spec: MethodSpec | RefereeSpec, out: Path,
                num_images: int | None = None, prompts: list[str] | None = None
                ) -> FolderRun | RefereeRun:
-        """The run of a generation method or a referee row (overwriting `out`)."""
+        """The run of a generation method or a referee row (overwriting `out`), with
+        `num_images` a prompt or the row's own count (`images_of`)."""
+        num_images = num_images or self.images_of(spec)
         if isinstance(spec, MethodSpec):
             return self.folder_run(split, spec, out, num_images, prompts)
-        s = self.settings
         if prompts is None:
             prompts = self.prompts(split).read_text().splitlines()
-        return spec.run(self.model, prompts, out,
-                        num_images or s.referee_images or s.num_images, s.seed)
+        return spec.run(self.model, prompts, out, num_images, self.settings.seed)
+
+    def images_of(self, spec: MethodSpec | RefereeSpec) -> int:
+        """Images a prompt of a row: the slow rows may draw fewer than the others."""
+        s = self.settings
+        if isinstance(spec, RefereeSpec):
+            return s.referee_images or s.num_images
+        if spec.name == "attend-excite":
+            return s.attend_excite_images or s.num_images
+        return s.num_images
 
     def generated(self, name: str, split: str, spec: MethodSpec | RefereeSpec,
                   num_images: int | None = None) -> Path:
@@ -349,16 +323,17 @@ def _paired(work: Work, plan: dict[str, MethodSpec | RefereeSpec]) -> dict:
     """Each method's paired difference from the base model on the same prompts and seeds:
     {method: {split: {family or "overall": {"diff", "low", "high"}, "pairs", "prompts"}}}.
 
-    Image k of a run has seed + k over all prompts, so referee rows drawn at another count a
-    prompt (--referee-images) start from other noise than the base row's images of their
-    prompt: they are paired with a base generation at their own count (`base-n<N>`)."""
+    Image k of a run has seed + k over all prompts, so a row drawn at another count a prompt
+    (--referee-images, --attend-excite-images) starts from other noise than the base row's
+    images of its prompt: it is paired with a base generation at its own count
+    (`base-n<N>`)."""
     s = work.settings
     out = {}
     for name, spec in plan.items():
         if name == "base":
             continue
-        n = s.referee_images if isinstance(spec, RefereeSpec) and s.referee_images else None
-        base_name = "base" if n in (None, s.num_images) else f"base-n{n}"
+        n = work.images_of(spec)
+        base_name = "base" if n == s.num_images else f"base-n{n}"
         out[name] = {split: paired_difference(
             work.verdicts(base_name, split, plan["base"], n),
             work.verdicts(name.replace("+", "-"), split, spec))[split] for split in s.splits}

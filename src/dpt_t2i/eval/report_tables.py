@@ -90,13 +90,15 @@ def _table1(data: dict) -> str:
              "(`referee.SHAPES_SETTINGS` from the model's sample, `SHAPES_NOISE_SETTINGS` "
              "from noise)."]
     st = data["settings"]
-    n_ref, n = st.get("referee_images"), st["num_images"]
-    if n_ref and n_ref != n:
-        lines[-1] += (f" The referee rows draw {n_ref} images a prompt against {n} for the "
-                      f"others; image k of a run has seed {st['seed']} + k over all prompts, "
-                      f"so their paired differences are against the base model's images "
-                      f"drawn at {n_ref} a prompt from the same seeds, and their FD is over "
-                      "fewer images.")
+    n = st["num_images"]
+    fewer = [f"{what} {k}" for what, k in (("Attend-and-Excite", st.get("attend_excite_images")),
+                                           ("the referee rows", st.get("referee_images")))
+             if k and k != n]
+    if fewer:
+        lines[-1] += (f" Images a prompt: {n}, but {' and '.join(fewer)}; image k of a run "
+                      f"has seed {st['seed']} + k over all prompts, so a row drawn at another "
+                      "count is paired with the base model's images drawn at that count from "
+                      "the same seeds, and its FD is over fewer images.")
     paired = data.get("paired") or {}
     for split in data["settings"]["splits"]:
         lines += ["", f"{split.upper()} prompts:", "",
@@ -252,8 +254,9 @@ def _fig5(out: Path, data: dict, work) -> str:
             grid.paste(image, (label_w + j * cell, head_h + i * cell))
     grid.save(out / "fig5-grid.png")
     st = data["settings"]
-    other = " (the referee columns, drawn at another count a prompt, start from other seeds)" \
-        if st.get("referee_images") not in (None, st["num_images"]) else ""
+    other = " (columns drawn at another count a prompt start from other seeds)" \
+        if any(st.get(k) not in (None, st["num_images"])
+               for k in ("referee_images", "attend_excite_images")) else ""
     return "\n".join(["## Fig. 5: the same prompts and seeds across methods", "",
                       "Image 0 (seed " + str(st["seed"]) + " + its index) of the first OOD "
                       f"prompt of each family{other}.", "", "![grid](fig5-grid.png)"])
