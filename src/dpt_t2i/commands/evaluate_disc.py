@@ -29,8 +29,8 @@ from ..eval.zero_shot import run_shapes_referee
 from ..generation.methods import shipped_dpt
 from ..io.bundle import default_model_path
 from ..io.shapes_referee import default_shapes_referee_path
-from .model_args import (add_model_argument, add_threads_argument, model_folder, quiet_loading,
-                         set_threads)
+from .model_args import (add_device_argument, add_model_argument, add_threads_argument,
+                         model_folder, quiet_loading, set_threads)
 
 DEFAULT = DiscSettings  # the flags' defaults and the help texts read its fields
 REFEREE = "shapes-referee"  # scored here, without a model bundle (see _referee)
@@ -66,10 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=DEFAULT.seed,
                    help=f"evaluation stream and noise seed (default {DEFAULT.seed}; training "
                         "uses 0)")
-    p.add_argument("--device", default=DEFAULT.device,
-                   help="where the model runs (not --method shapes-referee, which runs on the "
-                        "CPU): cpu (default), cuda, cuda:N or mps; the noise is drawn on the "
-                        "CPU, so a seed gives the same noise on every device")
+    add_device_argument(p, runs=f"the model runs (not --method {REFEREE}, which runs on the "
+                                "CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object (keys itm, rec)")
     _data_arguments(p)
     add_threads_argument(p)

@@ -45,7 +45,8 @@ from ..generation.methods import (FolderRun, MethodSpec, SamplerSettings, check_
 from ..generation.sampling import SCHEDULERS
 from ..io.folder_writer import output_lock
 from ..io.image_folder import INDEX
-from .model_args import add_threads_argument, model_folder, quiet_loading, set_threads
+from .model_args import (add_device_argument, add_threads_argument, model_folder, quiet_loading,
+                         set_threads)
 from .prompt_input import add_benchmark_arguments, add_prompt_arguments, read_prompt_set
 
 DEFAULT_STEP = object()  # --self-correct without a value: the default step (guidance.DEFAULT_ETA)
@@ -73,10 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                           f"(default {SamplerSettings.scheduler})")
     gen.add_argument("--batch-size", type=int, default=SamplerSettings.batch_size, metavar="B",
                      help=f"images denoised together (default {SamplerSettings.batch_size})")
-    gen.add_argument("--device", default=SamplerSettings.device,
-                     help="where the model runs: cpu (default), cuda, cuda:N or mps; the "
-                          "starting noise is drawn on the CPU, so a seed gives the same noise "
-                          "on every device")
+    add_device_argument(gen, noise="the starting noise")
     gen.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=SamplerSettings.dtype,
                      help="the model's precision (default fp32; fp16 is the usual choice on a "
                           "GPU; recorded in the index when not fp32)")

@@ -27,6 +27,14 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
                              "the cores run much faster with fewer each)")
 
 
+def add_device_argument(parser, runs: str = "the model runs", noise: str = "the noise") -> None:
+    """--device (default cpu) on a parser or argument group; `runs` and `noise` say what moves
+    there and what is still drawn on the CPU."""
+    parser.add_argument("--device", default="cpu",
+                        help=f"where {runs}: cpu (default), cuda, cuda:N or mps; {noise} is "
+                             "drawn on the CPU, so a seed gives the same noise on every device")
+
+
 def set_threads(threads: int | None) -> None:
     """Set torch's CPU threads for this process; None leaves torch's choice."""
     if threads is not None:

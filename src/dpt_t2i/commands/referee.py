@@ -34,7 +34,8 @@ from ..generation.referee import (FILLS, INITS, PAPER_SETTINGS, SDS_TIME_WEIGHTS
                                   RefereeSettings)
 from ..generation.referee_folder import REFEREES, RefereeRun, referee_folder, run_preset
 from ..io.image_folder import INDEX
-from .model_args import add_threads_argument, model_folder, quiet_loading, set_threads
+from .model_args import (add_device_argument, add_threads_argument, model_folder, quiet_loading,
+                         set_threads)
 from .prompt_input import add_prompt_arguments, read_prompts
 
 FLAGS = {"init_steps": int, "init_guidance": float, "iterations": int, "lr": float,
@@ -52,10 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-images", type=int, default=RefereeRun.num_images, metavar="N")
     p.add_argument("--seed", type=int, default=RefereeRun.seed, metavar="S")
     p.add_argument("--batch-size", type=int, default=RefereeRun.batch_size, metavar="B")
-    p.add_argument("--device", default=RefereeRun.device,
-                   help="where the model and the referee run: cpu (default), cuda, cuda:N or "
-                        "mps; the starting, SDS and augmentation noise is drawn on the CPU, so "
-                        "a seed starts from the same noise on every device")
+    add_device_argument(p, runs="the model and the referee run",
+                        noise="the starting, SDS and augmentation noise")
     p.add_argument("--model", type=Path, default=None, metavar="PATH")
     p.add_argument("--referee", choices=REFEREES, default=RefereeRun.referee)
     p.add_argument("--dpt", type=Path, default=None, metavar="PATH",

@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 
 from ..eval.image_scores import ScoreSettings, format_scores, score_images
-from .model_args import (add_model_argument, add_threads_argument, model_folder, quiet_loading,
-                         set_threads)
+from .model_args import (add_device_argument, add_model_argument, add_threads_argument,
+                         model_folder, quiet_loading, set_threads)
 from .prompt_input import add_prompt_arguments, read_prompts
 
 
@@ -35,9 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "evaluate-disc)")
     p.add_argument("--seed", type=int, default=ScoreSettings.seed, metavar="S",
                    help=f"seed of the noise added to every image (default {ScoreSettings.seed})")
-    p.add_argument("--device", default=ScoreSettings.device,
-                   help="where the model runs: cpu (default), cuda, cuda:N or mps; the noise is "
-                        "drawn on the CPU, so a seed gives the same noise on every device")
+    add_device_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_threads_argument(p)
     p.set_defaults(run=run)
