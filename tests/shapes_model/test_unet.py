@@ -67,7 +67,10 @@ def test_pool_holds_the_training_samples_and_is_rebuilt_when_its_size_changes(re
     vae = AutoencoderKL.from_pretrained(shapes_parts["vae"]).eval()
     smaller = unet_module.encode_pool(vae, 0, 8, tmp_path / "pool.safetensors")
     assert smaller["mean"].shape[0] == 8 and smaller["texts"] == meta["texts"][:8]
-    assert torch.equal(smaller["mean"], pool["mean"][:8])  # same samples, same encoder
+    # same samples, same encoder: equal up to fp16 rounding (a batch of 8 and one of 16 may
+    # take CPU kernels that round differently); other samples would differ by ~0.1-1
+    torch.testing.assert_close(smaller["mean"].float(), pool["mean"][:8].float(),
+                               rtol=1e-2, atol=2e-3)
     assert json.loads((tmp_path / "pool.json").read_text())["size"] == 8
     assert load_file(tmp_path / "pool.safetensors")["mean"].shape[0] == 8
 
