@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,12 +40,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(n: int, argv: list, cwd) -> subprocess.CompletedProcess:
+def _launch(n: int, argv: list, cwd, entry: list[str] | None = None
+            ) -> subprocess.CompletedProcess:
+    """`dpt argv` on n CPU processes (`entry`: what the launcher starts instead of `dpt`)."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
               "--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no",
               "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-              "-m", "dpt_t2i.cli"]
+              *(entry or ["-m", "dpt_t2i.cli"])]
     return subprocess.run(launch + [str(a) for a in argv], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=180)
 
@@ -55,9 +58,12 @@ def test_two_processes_train_what_one_trains_with_two_micro_steps(tiny_model, tm
     common = ["probe", "--model", tiny_model, "--block", "up0", "--d-model", 32,
               "--ground-queries", 4, "--steps", 2, "--batch", 2, "--checkpoint-every", 1,
               "--seed", 3]
-    two = _launch(2, common + ["--run-dir", tmp_path / "two"], tmp_path)
+    two = _launch(2, common + ["--run-dir", tmp_path / "two"], tmp_path,
+                  entry=[str(Path(__file__).parent / "ddp_teardown_entry.py")])
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("DPT weights:") == 1  # the main process reports
+    # each process freed its DDP wrapper before the group (else it may hang at exit)
+    assert two.stdout.count("DDP wrappers alive at destroy_process_group: 0") == 2, two.stdout
     assert main([str(a) for a in common + ["--run-dir", tmp_path / "one",
                                            "--grad-accum", 2]]) == 0
     for folder in ("final", "step-00000001", "step-00000002"):

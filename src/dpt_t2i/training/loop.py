@@ -17,6 +17,7 @@ uninterrupted one would have taken.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import sys
@@ -115,8 +116,23 @@ def train_dpt(run_dir: Path, bundle, source: SampleSource | LatentCache, config:
     if main:
         save_dpt(run_dir / "final", run.heads, config, run.unet, extra=summary)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    accelerator.end_training()
+    _end(run)
     return summary
+
+
+def _end(run: _Run) -> None:
+    """Drop the DDP wrapper, then end the process group (accelerate's `end_training`).
+
+    In this order because of how torch frees them: DDP's reducer holds the process group and,
+    were it the last holder, would run gloo's destructor holding the GIL; that destructor joins
+    gloo's worker thread, which may still need the GIL to free the last collective's tensors,
+    and the process hangs at exit (one two-process launch in eight on a loaded machine).
+    `destroy_process_group` frees the group with the GIL released.
+    """
+    run.objective = run.wrapped_optimizer = None
+    run.accelerator.free_memory()  # accelerate's own references to the prepared objects
+    gc.collect()
+    run.accelerator.end_training()
 
 
 @dataclass
