@@ -126,7 +126,7 @@ def _end(run: _Run) -> None:
     In this order because of how torch frees them: DDP's reducer holds the process group and,
     were it the last holder, would run gloo's destructor holding the GIL; that destructor joins
     gloo's worker thread, which may still need the GIL to free the last collective's tensors,
-    and the process hangs at exit (one two-process launch in eight on a loaded machine).
+    and the process hangs at exit (1 of 24 two-process launches on a loaded 2-core machine).
     `destroy_process_group` frees the group with the GIL released.
     """
     run.objective = run.wrapped_optimizer = None
