@@ -131,7 +131,7 @@ def _end(run: _Run) -> None:
     """
     run.objective = run.wrapped_optimizer = None
     run.accelerator.free_memory()  # accelerate's own references to the prepared objects
-    gc.collect()  # the wrapper sits in reference cycles; free_memory collects before it clears
+    gc.collect()  # should a cycle hold the wrapper: free_memory collects before it clears
     run.accelerator.end_training()
 
 
